@@ -11,6 +11,14 @@ app = typer.Typer(
 )
 
 # --- command registration (one line per command module) ---
+from dicomnode.commands import node_admin, records  # noqa: E402
+
+app.command("serve")(node_admin.serve)
+app.command("echo")(node_admin.echo)
+app.add_typer(node_admin.config_app, name="config")
+app.add_typer(node_admin.db_app, name="db")
+app.add_typer(records.series_app, name="series")
+app.add_typer(records.jobs_app, name="jobs")
 # --- end of command registration ---
 
 

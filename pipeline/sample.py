@@ -149,7 +149,9 @@ def build_series(acq: Acquisition | None = None, brain: sitk.Image | None = None
     brain = brain if brain is not None else load_brain()
     pixels = acquire(brain, acq)
     study_uid = acq.study_uid or deterministic_uid("study", acq.patient_id, acq.seed)
-    series_uid = acq.series_uid or deterministic_uid("series", study_uid, acq.series_number, acq.seed)
+    series_uid = acq.series_uid or deterministic_uid(
+        "series", study_uid, acq.series_number, acq.seed
+    )
     for_uid = acq.frame_of_reference_uid or deterministic_uid("for", study_uid)
     now = _dt.datetime(2026, 11, 2, 9, 30, 0)
     datasets = []

@@ -1,0 +1,160 @@
+"""The node's durable state: what was received, when series completed, and every job transition.
+
+Everything the node acknowledges on the wire is a row here before the acknowledgement leaves, so
+a restart (or a crash) resumes from the database alone. Times are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dt.datetime: DateTime(timezone=True)}
+
+
+class SeriesState:
+    RECEIVING = "receiving"
+    COMPLETE = "complete"
+    IGNORED = "ignored"
+
+
+class JobState:
+    RECEIVED = "received"
+    COMPLETE = "complete"
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    STORED = "stored"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    UNFINISHED = (RECEIVED, COMPLETE, QUEUED, PROCESSING, STORED, FAILED)
+    ACTIVE = (RECEIVED, COMPLETE, QUEUED, PROCESSING, STORED)
+
+
+class Series(Base):
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    study_uid: Mapped[str] = mapped_column(String(64))
+    modality: Mapped[str | None] = mapped_column(String(16))
+    sop_class_uid: Mapped[str | None] = mapped_column(String(64))
+    description: Mapped[str | None] = mapped_column(String(128))
+    calling_ae: Mapped[str | None] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16), default=SeriesState.RECEIVING, index=True)
+    instances: Mapped[int] = mapped_column(Integer, default=0)
+    frames: Mapped[int] = mapped_column(Integer, default=0)
+    expected_instances: Mapped[int | None] = mapped_column(Integer)
+    expected_source: Mapped[str | None] = mapped_column(String(32))
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    rule: Mapped[str | None] = mapped_column(String(128))
+    first_received: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_received: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    completed_at: Mapped[dt.datetime | None]
+    completion_reason: Mapped[str | None] = mapped_column(String(64))
+    purged_at: Mapped[dt.datetime | None]
+
+    instance_rows: Mapped[list[Instance]] = relationship(back_populates="series")
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
+    instance_number: Mapped[int | None] = mapped_column(Integer)
+    frames: Mapped[int] = mapped_column(Integer, default=1)
+    path: Mapped[str | None] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    calling_ae: Mapped[str | None] = mapped_column(String(16))
+    association_id: Mapped[str | None] = mapped_column(String(36))
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+
+    series: Mapped[Series] = relationship(back_populates="instance_rows")
+
+
+class SeriesEvent(Base):
+    """Completions, reopenings and purges of a series, each with its reason."""
+
+    __tablename__ = "series_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    event: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(Text)
+    instances: Mapped[int] = mapped_column(Integer, default=0)
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    series_uid: Mapped[str] = mapped_column(String(64), index=True)
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    action: Mapped[str] = mapped_column(String(16))
+    rule: Mapped[str] = mapped_column(String(128))
+    profile: Mapped[str | None] = mapped_column(String(64))
+    destinations: Mapped[list] = mapped_column(JSON, default=list)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str | None] = mapped_column(Text)
+    supersedes_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    events: Mapped[list[JobEvent]] = relationship(order_by="JobEvent.id")
+
+
+class JobEvent(Base):
+    """Every job state transition: the job's history, and what a restart resumes from."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    from_state: Mapped[str | None] = mapped_column(String(16))
+    to_state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class QuarantinedObject(Base):
+    """A dataset refused on the wire, kept with the reason so that nothing vanishes silently."""
+
+    __tablename__ = "quarantine"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    calling_ae: Mapped[str | None] = mapped_column(String(16))
+    peer: Mapped[str | None] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+    path: Mapped[str | None] = mapped_column(Text)
+
+
+Index("ix_jobs_series_state", Job.series_id, Job.state)

@@ -1,0 +1,215 @@
+"""The node's one TOML configuration file, validated at start so that mistakes surface early.
+
+Every problem is reported with the dotted key it concerns (``rules.0.destinations``), because a
+PACS administrator editing the file needs to know where to look, not a Python traceback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_CONFIG_PATH = Path("/etc/dicomnode/dicomnode.toml")
+CONFIG_ENV = "DICOMNODE_CONFIG"
+
+AETitle = Annotated[
+    str,
+    Field(min_length=1, max_length=16, pattern=r"^[^\\\x00-\x1f]*[^ \\\x00-\x1f][^\\\x00-\x1f]*$"),
+]
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors: a misspelt key silently ignored is worse than a refusal."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class TLSSettings(_Strict):
+    """Paths to PEM files; with ``ca_certificates`` set, peers must present a certificate."""
+
+    certificate: Path
+    private_key: Path
+    ca_certificates: Path | None = None
+    require_client_certificate: bool = True
+
+    @model_validator(mode="after")
+    def _files_exist(self) -> TLSSettings:
+        for name in ("certificate", "private_key", "ca_certificates"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}: file not found: {path}")
+        return self
+
+
+class AcceptSettings(_Strict):
+    calling_ae_titles: list[AETitle] = Field(default_factory=list)
+    source_networks: list[str] = Field(default_factory=list)
+
+    @field_validator("source_networks")
+    @classmethod
+    def _valid_networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"not an IP network: {item!r}") from exc
+        return value
+
+    def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(item, strict=False) for item in self.source_networks]
+
+
+class NodeSettings(_Strict):
+    ae_title: AETitle = "IQTNODE"
+    port: int = Field(default=11112, ge=1, le=65535)
+    bind_address: str = "0.0.0.0"
+    data_dir: Path = Path("/var/lib/dicomnode")
+    database_url: str | None = None
+    http_port: int = Field(default=8081, ge=0, le=65535)
+    http_address: str = "127.0.0.1"
+    min_free_mb: float = Field(default=1024.0, ge=0)
+    max_pdu_size: int = Field(default=0, ge=0)
+    network_timeout_seconds: float = Field(default=60.0, gt=0)
+    max_associations: int = Field(default=16, ge=1)
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    tls: TLSSettings | None = None
+    accept: AcceptSettings = Field(default_factory=AcceptSettings)
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data_dir / "quarantine"
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'dicomnode.sqlite3'}"
+
+
+class CompletionSettings(_Strict):
+    quiet_seconds: float = Field(default=30.0, gt=0)
+    check_interval_seconds: float = Field(default=1.0, gt=0)
+
+
+class RetentionSettings(_Strict):
+    days: float = Field(default=7.0, ge=0)
+    check_interval_seconds: float = Field(default=3600.0, gt=0)
+
+
+class Destination(_Strict):
+    name: str = Field(min_length=1)
+    ae_title: AETitle
+    host: str
+    port: int = Field(ge=1, le=65535)
+    tls: TLSSettings | None = None
+
+
+MatchValue = str | int | float | bool | list[str | int | float]
+Action = Literal["enhance", "forward"]
+
+
+class Rule(_Strict):
+    name: str = Field(min_length=1)
+    match: dict[str, MatchValue] = Field(default_factory=dict)
+    action: Action
+    destinations: list[str] = Field(default_factory=list)
+    profile: str | None = None
+
+    @field_validator("match")
+    @classmethod
+    def _valid_patterns(cls, value: dict[str, MatchValue]) -> dict[str, MatchValue]:
+        from dicomnode.routing import validate_pattern
+
+        for key, pattern in value.items():
+            for item in pattern if isinstance(pattern, list) else [pattern]:
+                problem = validate_pattern(key, item)
+                if problem:
+                    raise ValueError(f"{key}: {problem}")
+        return value
+
+
+class Config(_Strict):
+    node: NodeSettings = Field(default_factory=NodeSettings)
+    completion: CompletionSettings = Field(default_factory=CompletionSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    destinations: list[Destination] = Field(default_factory=list)
+    rules: list[Rule] = Field(default_factory=list)
+    pipeline: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Config:
+        names = [d.name for d in self.destinations]
+        duplicates = {n for n in names if names.count(n) > 1}
+        if duplicates:
+            raise ValueError(f"destinations: duplicate names {sorted(duplicates)}")
+        rule_names = [r.name for r in self.rules]
+        if len(set(rule_names)) != len(rule_names):
+            raise ValueError("rules: rule names must be unique")
+        for index, rule in enumerate(self.rules):
+            unknown = [d for d in rule.destinations if d not in names]
+            if unknown:
+                raise ValueError(
+                    f"rules.{index}.destinations: unknown destination(s) {unknown}; "
+                    f"defined: {names}"
+                )
+        return self
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; ``problems`` holds (key, message) pairs."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  {key}: {message}" for key, message in problems)
+        super().__init__(f"invalid configuration {source}:\n{lines}")
+
+
+_ROOT_KEY = re.compile(r"^Value error, ")
+
+
+def _problems_from(error: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = _ROOT_KEY.sub("", item["msg"])
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        problems.append((key, message))
+    return problems
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, _problems_from(exc)) from None
+
+
+def load_config(path: Path | str) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [("(file)", exc.strerror or str(exc))]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), [("(syntax)", str(exc))]) from None
+    return parse_config(data, str(path))
+
+
+def config_path(explicit: Path | None) -> Path:
+    """``--config``, else ``$DICOMNODE_CONFIG``, else the system-wide default."""
+    if explicit is not None:
+        return explicit
+    env = os.environ.get(CONFIG_ENV)
+    return Path(env) if env else DEFAULT_CONFIG_PATH

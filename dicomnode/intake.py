@@ -1,0 +1,284 @@
+"""Intake of one received instance: validate, store durably, record, and answer with a status.
+
+Kept free of pynetdicom so that the order that guarantees durability (validate, fsync, rename,
+commit, only then Success) is visible in one place and testable without a network.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from db.models import Instance, QuarantinedObject, Series, SeriesState, utcnow
+from db.session import Database
+from dicomnode.assembly import ENHANCED_MULTIFRAME_CLASSES, reopen
+from dicomnode.spool import OutOfSpace, SpoolLayout, check_floor, write_durably
+
+log = logging.getLogger("dicomnode.intake")
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+PROCESSING_FAILURE = 0x0110
+
+_UID = re.compile(r"^(0|[1-9]\d*)(\.(0|[1-9]\d*))*$")
+_NATIVE_SYNTAXES = {
+    "1.2.840.10008.1.2",
+    "1.2.840.10008.1.2.1",
+    "1.2.840.10008.1.2.1.99",
+    "1.2.840.10008.1.2.2",
+}
+
+
+@dataclass(frozen=True)
+class Received:
+    """One C-STORE request as it came off the wire."""
+
+    data: bytes  # Part 10 encoding: preamble, file meta, dataset as sent
+    sop_class_uid: str
+    sop_instance_uid: str
+    calling_ae: str
+    peer: str
+    association_id: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: int
+    series_id: int | None = None
+    duplicate: bool = False
+    reason: str | None = None
+
+
+class Rejected(Exception):
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class Intake:
+    def __init__(self, database: Database, layout: SpoolLayout, min_free_bytes: int):
+        self.database = database
+        self.layout = layout
+        self.min_free_bytes = min_free_bytes
+
+    def receive(self, item: Received) -> Outcome:
+        try:
+            dataset = _parse(item)
+            _check_consistency(item, dataset)
+        except Rejected as exc:
+            self._quarantine(item, exc.status, exc.reason)
+            return Outcome(exc.status, reason=exc.reason)
+        try:
+            return self._store(item, dataset)
+        except OutOfSpace as exc:
+            log.error("refused: %s", exc, extra=_ids(item))
+            return Outcome(OUT_OF_RESOURCES, reason=str(exc))
+        except Exception as exc:  # noqa: BLE001 - any failure must become a failure status
+            log.exception("store failed", extra=_ids(item))
+            return Outcome(PROCESSING_FAILURE, reason=f"{type(exc).__name__}: {exc}")
+
+    def _store(self, item: Received, dataset: Dataset) -> Outcome:
+        sop_uid = item.sop_instance_uid
+        with self.database.session() as session:
+            existing = session.scalars(
+                select(Instance).where(Instance.sop_instance_uid == sop_uid)
+            ).first()
+            if existing is not None:
+                log.info("duplicate instance answered Success, stored once", extra=_ids(item))
+                return Outcome(SUCCESS, series_id=existing.series_id, duplicate=True)
+        series_uid = str(dataset.SeriesInstanceUID)
+        target = self.layout.path_for(series_uid, sop_uid)
+        check_floor(self.layout.root, len(item.data), self.min_free_bytes)
+        write_durably(target, item.data, self.layout.root / ".tmp")
+        try:
+            with self.database.session() as session:
+                series = _series_for_update(session, dataset, item)
+                frames = _frames(dataset)
+                session.add(
+                    Instance(
+                        sop_instance_uid=sop_uid,
+                        series_id=series.id,
+                        sop_class_uid=item.sop_class_uid,
+                        transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
+                        instance_number=_int_or_none(dataset.get("InstanceNumber")),
+                        frames=frames,
+                        path=str(target),
+                        size_bytes=len(item.data),
+                        calling_ae=item.calling_ae,
+                        association_id=item.association_id,
+                        generation=series.generation,
+                    )
+                )
+                session.flush()
+                series.instances += 1
+                series.frames += frames
+                series.last_received = utcnow()
+                _update_expectation(series, dataset, item.sop_class_uid)
+                series_id = series.id
+        except IntegrityError:
+            # The same SOP Instance UID on a parallel association won the race: stored once.
+            log.info("duplicate instance (concurrent) answered Success", extra=_ids(item))
+            return Outcome(SUCCESS, duplicate=True)
+        log.debug("stored", extra={**_ids(item), "series_uid": series_uid})
+        return Outcome(SUCCESS, series_id=series_id)
+
+    def _quarantine(self, item: Received, status: int, reason: str) -> None:
+        name = f"{utcnow():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
+        path: Path | None = self.layout.quarantine / f"{name}.dcm"
+        try:
+            check_floor(self.layout.quarantine, len(item.data), self.min_free_bytes)
+            write_durably(path, item.data, self.layout.root / ".tmp")
+            (self.layout.quarantine / f"{name}.reason.txt").write_text(
+                f"status 0x{status:04X}\n{reason}\n", encoding="utf-8"
+            )
+        except OSError:
+            log.exception("could not keep the refused dataset", extra=_ids(item))
+            path = None
+        except OutOfSpace:
+            path = None
+        try:
+            with self.database.session() as session:
+                session.add(
+                    QuarantinedObject(
+                        calling_ae=item.calling_ae,
+                        peer=item.peer,
+                        sop_instance_uid=item.sop_instance_uid[:64] or None,
+                        status=status,
+                        reason=reason,
+                        path=str(path) if path else None,
+                    )
+                )
+        except Exception:  # noqa: BLE001 - the refusal status is still answered
+            log.exception("could not record the quarantined dataset", extra=_ids(item))
+        log.warning("refused and quarantined: %s", reason, extra={**_ids(item), "status": status})
+
+
+def _ids(item: Received) -> dict[str, object]:
+    return {
+        "sop_instance_uid": item.sop_instance_uid,
+        "calling_ae": item.calling_ae,
+        "association_id": item.association_id,
+    }
+
+
+def _parse(item: Received) -> Dataset:
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(item.data), defer_size=1024)
+        # Touch every element so that a truncated or garbled stream fails here, not later.
+        for _element in dataset.iterall():
+            pass
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
+        raise Rejected(CANNOT_UNDERSTAND, f"unparseable dataset: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on garbage
+        raise Rejected(CANNOT_UNDERSTAND, f"unparseable dataset: {type(exc).__name__}") from None
+    return dataset
+
+
+def _check_consistency(item: Received, dataset: Dataset) -> None:
+    problems = []
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        value = str(dataset.get(keyword, "") or "")
+        if not value:
+            problems.append(f"{keyword} missing")
+        elif len(value) > 64 or not _UID.match(value):
+            problems.append(f"{keyword} is not a valid UID")
+    if not problems:
+        if str(dataset.SOPInstanceUID) != item.sop_instance_uid:
+            problems.append("SOPInstanceUID differs from the C-STORE request's")
+        if str(dataset.SOPClassUID) != item.sop_class_uid:
+            problems.append("SOPClassUID differs from the C-STORE request's")
+    problems.extend(_pixel_problems(dataset))
+    if problems:
+        raise Rejected(
+            DATASET_DOES_NOT_MATCH_SOP_CLASS, "inconsistent dataset: " + "; ".join(problems)
+        )
+
+
+def _pixel_problems(dataset: Dataset) -> list[str]:
+    if "PixelData" not in dataset:
+        return []
+    syntax = str(dataset.file_meta.get("TransferSyntaxUID", ""))
+    element = dataset.get_item("PixelData")
+    if syntax not in _NATIVE_SYNTAXES or element is None:
+        return []
+    try:
+        expected = (
+            int(dataset.Rows)
+            * int(dataset.Columns)
+            * int(dataset.get("SamplesPerPixel", 1))
+            * int(dataset.get("NumberOfFrames", 1) or 1)
+            * int(dataset.BitsAllocated)
+            // 8
+        )
+    except (AttributeError, TypeError, ValueError):
+        return ["pixel description (Rows, Columns, BitsAllocated) missing or invalid"]
+    length = element.length if hasattr(element, "length") else len(element.value)
+    if length < expected:
+        return [f"PixelData holds {length} bytes, {expected} expected from the image description"]
+    return []
+
+
+def _series_for_update(session: Session, dataset: Dataset, item: Received) -> Series:
+    series_uid = str(dataset.SeriesInstanceUID)
+    series = session.scalars(
+        select(Series).where(Series.series_uid == series_uid).with_for_update()
+    ).first()
+    if series is None:
+        series = Series(
+            series_uid=series_uid,
+            study_uid=str(dataset.StudyInstanceUID),
+            modality=str(dataset.get("Modality", "") or "") or None,
+            sop_class_uid=item.sop_class_uid,
+            description=str(dataset.get("SeriesDescription", "") or "")[:128] or None,
+            calling_ae=item.calling_ae,
+            state=SeriesState.RECEIVING,
+            instances=0,
+            frames=0,
+            generation=0,
+        )
+        try:
+            with session.begin_nested():
+                session.add(series)
+        except IntegrityError:
+            series = session.scalars(
+                select(Series).where(Series.series_uid == series_uid).with_for_update()
+            ).one()
+    if series.state != SeriesState.RECEIVING:
+        reopen(session, series)
+    return series
+
+
+def _frames(dataset: Dataset) -> int:
+    return max(_int_or_none(dataset.get("NumberOfFrames")) or 1, 1)
+
+
+def _update_expectation(series: Series, dataset: Dataset, sop_class_uid: str) -> None:
+    if sop_class_uid in ENHANCED_MULTIFRAME_CLASSES and dataset.get("NumberOfFrames"):
+        series.expected_instances = max(series.expected_instances or 0, 1)
+        series.expected_source = f"enhanced object with {_frames(dataset)} frames"
+        return
+    announced = _int_or_none(dataset.get("ImagesInAcquisition"))
+    if announced and announced > 0:
+        series.expected_instances = max(series.expected_instances or 0, announced)
+        series.expected_source = "ImagesInAcquisition"
+
+
+def _int_or_none(value: object) -> int | None:
+    try:
+        return int(str(value)) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,87 @@
+"""Job creation and state transitions; every transition is a ``job_events`` row.
+
+The runner (and a restart) trusts these rows alone, so nothing here changes a job's state
+without writing its event in the same transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.models import Job, JobEvent, JobState, Series, utcnow
+from dicomnode.routing import RoutingDecision
+
+log = logging.getLogger("dicomnode.jobs")
+
+
+class JobError(Exception):
+    """A request about a job that cannot be honoured (unknown id, wrong state)."""
+
+
+def transition(session: Session, job: Job, to_state: str, reason: str | None = None) -> None:
+    event = JobEvent(job_id=job.id, from_state=job.state, to_state=to_state, reason=reason)
+    session.add(event)
+    job.state = to_state
+    job.reason = reason
+    job.updated_at = utcnow()
+    log.info(
+        "job %s -> %s",
+        job.id,
+        to_state,
+        extra={"job_id": job.id, "series_uid": job.series_uid, "state": to_state, "reason": reason},
+    )
+
+
+def active_jobs(session: Session, series_id: int) -> list[Job]:
+    query = select(Job).where(Job.series_id == series_id, Job.state.in_(JobState.ACTIVE))
+    return list(session.scalars(query))
+
+
+def queue_job(session: Session, series: Series, decision: RoutingDecision) -> Job:
+    """Create the job of a complete, routed series; a still-active earlier job is superseded."""
+    earlier = active_jobs(session, series.id)
+    job = Job(
+        series_id=series.id,
+        series_uid=series.series_uid,
+        generation=series.generation,
+        action=decision.action or "",
+        rule=decision.rule or "",
+        profile=decision.profile,
+        destinations=list(decision.destinations),
+        state=JobState.RECEIVED,
+        supersedes_job_id=earlier[-1].id if earlier else None,
+    )
+    session.add(job)
+    session.flush()
+    session.add(
+        JobEvent(
+            job_id=job.id,
+            at=series.first_received,
+            from_state=None,
+            to_state=JobState.RECEIVED,
+            reason=f"{series.instances} instance(s) received",
+        )
+    )
+    transition(session, job, JobState.COMPLETE, series.completion_reason)
+    transition(session, job, JobState.QUEUED, f"rule {decision.rule!r}: {decision.action}")
+    for old in earlier:
+        transition(
+            session,
+            old,
+            JobState.CANCELLED,
+            f"superseded by job {job.id}: series reopened by a late instance",
+        )
+    return job
+
+
+def cancel(session: Session, job_id: int, reason: str = "cancelled by administrator") -> Job:
+    job = session.get(Job, job_id, with_for_update=True)
+    if job is None:
+        raise JobError(f"no job with id {job_id}")
+    if job.state in (JobState.DELIVERED, JobState.CANCELLED):
+        raise JobError(f"job {job_id} is already {job.state}; nothing to cancel")
+    transition(session, job, JobState.CANCELLED, reason)
+    return job

@@ -1,0 +1,47 @@
+"""Structured logging: one JSON object per line, carrying UIDs and job ids as fields.
+
+Patient names and IDs never reach a log: the node only ever passes UIDs, AE titles, job ids and
+statuses as ``extra`` fields, and the formatter drops any field whose name suggests patient data
+in case a future caller slips.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()) | {"message"}
+_FORBIDDEN = ("patient", "name", "birth")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, object] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key in _STANDARD or key.startswith("_"):
+                continue
+            if any(word in key.lower() for word in _FORBIDDEN):
+                continue
+            payload[key] = value
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str)
+
+
+def configure(level: str = "INFO", fmt: str = "json") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # pynetdicom logs dataset summaries (which may include patient data) at DEBUG/INFO.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)

@@ -1,0 +1,107 @@
+"""The running node: opens the database, migrates it, recovers the spool and starts the SCP and
+the background monitor (quiet-period completion, retention). ``serve`` and the tests use this."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import pydicom
+from sqlalchemy import select
+
+from db.migrate import upgrade
+from db.models import Instance
+from db.session import Database
+from dicomnode.assembly import SeriesAssembler
+from dicomnode.config import Config
+from dicomnode.intake import Intake, Received
+from dicomnode.retention import purge
+from dicomnode.scp import StoreSCP
+from dicomnode.spool import SpoolLayout, clean_tmp
+
+log = logging.getLogger("dicomnode.node")
+
+
+def open_database(config: Config) -> Database:
+    config.node.data_dir.mkdir(parents=True, exist_ok=True)
+    return Database(config.node.resolved_database_url())
+
+
+class Node:
+    def __init__(self, config: Config):
+        self.config = config
+        node = config.node
+        self.layout = SpoolLayout(node.spool_dir, node.quarantine_dir)
+        self.database = open_database(config)
+        self.intake = Intake(self.database, self.layout, int(node.min_free_mb * 2**20))
+        self.assembler = SeriesAssembler(
+            self.database, config.rules, config.completion.quiet_seconds
+        )
+        self.scp = StoreSCP(config, self.intake, self.assembler)
+        self._stop = threading.Event()
+        self._monitor: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.layout.ensure()
+        revision = upgrade(self.database)
+        log.info("database ready", extra={"revision": revision, "dialect": self.database.dialect})
+        removed = clean_tmp(self.layout.root / ".tmp")
+        if removed:
+            log.info("removed unacknowledged partial files", extra={"count": removed})
+        adopted = self.recover_spool()
+        if adopted:
+            log.warning(
+                "spooled files missing from the database re-recorded", extra={"count": adopted}
+            )
+        self.scp.start()
+        self._monitor = threading.Thread(target=self._monitor_loop, name="monitor", daemon=True)
+        self._monitor.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.scp.stop()
+        if self._monitor is not None:
+            self._monitor.join(timeout=10)
+        self.database.dispose()
+
+    def recover_spool(self) -> int:
+        """Record any spooled file the database lacks (e.g. a commit lost to a power cut)."""
+        on_disk = {p for p in self.layout.root.glob("*/*.dcm")}
+        if not on_disk:
+            return 0
+        with self.database.session() as session:
+            known = {Path(p) for p in session.scalars(select(Instance.path)) if p}
+        adopted = 0
+        for path in sorted(on_disk - known):
+            data = path.read_bytes()
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+            item = Received(
+                data=data,
+                sop_class_uid=str(header.SOPClassUID),
+                sop_instance_uid=str(header.SOPInstanceUID),
+                calling_ae="",
+                peer="spool-recovery",
+                association_id="recovery",
+            )
+            outcome = self.intake.receive(item)
+            if outcome.series_id is not None and not outcome.duplicate:
+                adopted += 1
+        return adopted
+
+    def _monitor_loop(self) -> None:
+        completion = self.config.completion
+        retention = self.config.retention
+        next_purge = time.monotonic()
+        while not self._stop.wait(completion.check_interval_seconds):
+            try:
+                self.assembler.complete_quiet()
+            except Exception:  # noqa: BLE001 - the monitor must outlive a bad moment
+                log.exception("quiet-period check failed")
+            if time.monotonic() >= next_purge:
+                next_purge = time.monotonic() + retention.check_interval_seconds
+                try:
+                    purge(self.database, retention.days)
+                except Exception:  # noqa: BLE001
+                    log.exception("retention purge failed")

@@ -1,0 +1,81 @@
+"""Retention: spooled originals of finished or ignored series are deleted after N days.
+
+A series is only purged when none of its jobs is unfinished (a failed job stays retryable and
+so keeps its originals); the rows stay, marked purged, so the history remains queryable.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+
+from sqlalchemy import exists, select, update
+
+from db.models import Instance, Job, JobState, Series, SeriesEvent, SeriesState, utcnow
+from db.session import Database
+
+log = logging.getLogger("dicomnode.retention")
+
+
+def purge(database: Database, days: float, now: dt.datetime | None = None) -> int:
+    """Delete the spooled files of eligible series; returns how many series were purged."""
+    now = now or utcnow()
+    cutoff = now - dt.timedelta(days=days)
+    unfinished = exists().where(Job.series_id == Series.id, Job.state.in_(JobState.UNFINISHED))
+    with database.session() as session:
+        candidates = list(
+            session.scalars(
+                select(Series.id).where(
+                    Series.purged_at.is_(None),
+                    Series.state.in_([SeriesState.COMPLETE, SeriesState.IGNORED]),
+                    Series.last_received < cutoff,
+                    ~unfinished,
+                )
+            )
+        )
+    purged = 0
+    for series_id in candidates:
+        with database.session() as session:
+            series = session.get(Series, series_id, with_for_update=True)
+            if series is None or series.purged_at is not None:
+                continue
+            still_busy = session.scalar(
+                select(Job.id).where(Job.series_id == series_id, Job.state.in_(JobState.UNFINISHED))
+            )
+            if still_busy is not None or series.state == SeriesState.RECEIVING:
+                continue
+            paths = list(
+                session.scalars(
+                    select(Instance.path).where(
+                        Instance.series_id == series_id, Instance.path.is_not(None)
+                    )
+                )
+            )
+            for path in paths:
+                Path(path).unlink(missing_ok=True)
+            _remove_empty_parents(paths)
+            session.execute(
+                update(Instance).where(Instance.series_id == series_id).values(path=None)
+            )
+            series.purged_at = now
+            session.add(
+                SeriesEvent(
+                    series_id=series_id,
+                    event="purged",
+                    reason=f"retention: older than {days:g} days",
+                    instances=series.instances,
+                    generation=series.generation,
+                )
+            )
+            purged += 1
+            log.info("spooled files purged", extra={"series_uid": series.series_uid})
+    return purged
+
+
+def _remove_empty_parents(paths: list[str]) -> None:
+    for folder in {Path(p).parent for p in paths}:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass

@@ -1,0 +1,92 @@
+"""Durable storage of received instances: temp file, fsync, rename, fsync of the directory.
+
+Only after all four steps may the node answer Success, so that an acknowledged instance survives
+a crash or a power cut. The free-space floor is checked first, because a nearly full disk also
+starves the database and the pipeline; the caller maps ``OutOfSpace`` to status 0xA700.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class OutOfSpace(Exception):
+    """The disk is full or would fall below the configured free-space floor."""
+
+
+@dataclass(frozen=True)
+class SpoolLayout:
+    root: Path
+    quarantine: Path
+
+    def ensure(self) -> None:
+        for folder in (self.root, self.quarantine, self.root / ".tmp"):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, series_uid: str, sop_instance_uid: str) -> Path:
+        return self.root / _safe(series_uid) / f"{_safe(sop_instance_uid)}.dcm"
+
+
+def _safe(uid: str) -> str:
+    """UIDs are digits and dots; anything else must not reach the filesystem as is."""
+    cleaned = "".join(ch for ch in uid if ch.isdigit() or ch == ".").strip(".")
+    return cleaned or uuid.uuid4().hex
+
+
+def free_bytes(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+def check_floor(path: Path, incoming: int, min_free_bytes: int) -> None:
+    if free_bytes(path) - incoming < min_free_bytes:
+        raise OutOfSpace(
+            f"free space on {path} would fall below the floor of {min_free_bytes // 2**20} MiB"
+        )
+
+
+def write_durably(target: Path, data: bytes, tmp_dir: Path) -> None:
+    """Write ``data`` to ``target`` so that it is either absent or complete after any crash."""
+    tmp = tmp_dir / f"{uuid.uuid4().hex}.part"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        new_dir = not target.parent.exists()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+        if new_dir:
+            _fsync_dir(target.parent.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OutOfSpace(f"disk full while writing {target.name}") from exc
+        raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def clean_tmp(tmp_dir: Path) -> int:
+    """Remove partial files a crash left behind; they were never acknowledged."""
+    removed = 0
+    for part in tmp_dir.glob("*.part"):
+        part.unlink(missing_ok=True)
+        removed += 1
+    return removed

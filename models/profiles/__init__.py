@@ -1,0 +1,1 @@
+"""Field-strength profiles (TOML data files) for the low-field simulator."""

@@ -1,0 +1,327 @@
+"""Training of the ANISO U-Net on simulated low-field draws (``dicomnode train CONFIG``).
+
+Seeded and resumable: the checkpoint holds model, optimiser, schedule, step, history and the
+random generators' states, so ``--resume`` continues the same run (the current patch buffer is
+redrawn, so a resumed run is statistically, not bit-for-bit, the same as an uninterrupted one).
+The learning rate warms up linearly then follows a cosine to 5% of its peak.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from models.aniso_unet import AnisoUNet, UNetConfig
+from models.brains import HELD_OUT_BRAINS, TRAIN_BRAINS, load_brain
+from models.patches import DrawSettings, sample_patches, simulate_pair
+from models.profile import load_profile
+
+
+@dataclass
+class DataConfig:
+    train_brains: list[str] = field(default_factory=lambda: list(TRAIN_BRAINS))
+    val_brains: list[str] = field(default_factory=lambda: list(HELD_OUT_BRAINS))
+    profile: str = "0.36T"
+    noise: str = "gaussian"
+    thickness_ratio: float = 1.0
+    slice_axes: list[int] = field(default_factory=lambda: [2, 1, 0])
+    draws_per_brain: int = 2
+    patches_per_draw: int = 128
+    patch_in_plane: int = 32
+    min_foreground: float = 0.3
+    augment: bool = True
+    val_patches: int = 64
+
+
+@dataclass
+class OptimConfig:
+    steps: int = 3000
+    batch_size: int = 8
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    loss: str = "mse"
+    seed: int = 0
+    threads: int = 1
+    val_every: int = 200
+    checkpoint_every: int = 200
+    log_every: int = 50
+    max_minutes: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    model: UNetConfig
+    data: DataConfig
+    train: OptimConfig
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> TrainConfig:
+        raw = tomllib.loads(Path(path).read_text())
+        return cls.from_dict(raw)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> TrainConfig:
+        def build(kind, section: str):  # type: ignore[no-untyped-def]
+            values = raw.get(section, {})
+            known = set(kind.__dataclass_fields__)
+            unknown = set(values) - known
+            if unknown:
+                raise ValueError(f"unknown keys in [{section}]: {sorted(unknown)}")
+            return kind(**values)
+
+        return cls(build(UNetConfig, "model"), build(DataConfig, "data"), build(OptimConfig, "train"))
+
+    def to_dict(self) -> dict:
+        return {"model": asdict(self.model), "data": asdict(self.data), "train": asdict(self.train)}
+
+
+def lr_factor(step: int, cfg: OptimConfig) -> float:
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def loss_fn(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "mse":
+        return F.mse_loss(pred, target)
+    if kind == "l1":
+        return F.l1_loss(pred, target)
+    raise ValueError(f"loss must be 'mse' or 'l1', got {kind!r}")
+
+
+class PatchStream:
+    """Endless shuffled batches, refilled with fresh simulated draws of every training brain."""
+
+    def __init__(self, cfg: TrainConfig, rng: np.random.Generator, brains: list | None = None):
+        self.cfg = cfg
+        self.rng = rng
+        self.brains = brains if brains is not None else [load_brain(n) for n in cfg.data.train_brains]
+        d = cfg.data
+        self.settings = DrawSettings(
+            factor=cfg.model.factor,
+            profile=load_profile(d.profile),
+            noise=d.noise,
+            thickness_ratio=d.thickness_ratio,
+            slice_axes=tuple(d.slice_axes),
+            augment=d.augment,
+        )
+        self.x = np.empty((0,))
+        self.y = np.empty((0,))
+        self.pos = 0
+
+    def refill(self) -> None:
+        d = self.cfg.data
+        xs, ys = [], []
+        for brain in self.brains:
+            for _ in range(d.draws_per_brain):
+                low, high = simulate_pair(brain, self.settings, self.rng)
+                x, y = sample_patches(
+                    low,
+                    high,
+                    self.cfg.model.factor,
+                    d.patches_per_draw,
+                    self.rng,
+                    in_plane=d.patch_in_plane,
+                    out_slices=d.patch_in_plane,
+                    min_foreground=d.min_foreground,
+                )
+                xs.append(x)
+                ys.append(y)
+        order = self.rng.permutation(sum(len(x) for x in xs))
+        self.x = np.concatenate(xs)[order]
+        self.y = np.concatenate(ys)[order]
+        self.pos = 0
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        b = self.cfg.train.batch_size
+        if self.pos + b > len(self.x):
+            self.refill()
+        sl = slice(self.pos, self.pos + b)
+        self.pos += b
+        return torch.from_numpy(self.x[sl]), torch.from_numpy(self.y[sl])
+
+
+def validation_set(cfg: TrainConfig, seed: int = 1234) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed patches of the held-out brains: axial, mean SNR, no augmentation."""
+    if not cfg.data.val_brains:
+        return torch.empty(0), torch.empty(0)
+    rng = np.random.default_rng(seed)
+    profile = load_profile(cfg.data.profile)
+    settings = DrawSettings(
+        factor=cfg.model.factor, profile=profile, noise=cfg.data.noise, augment=False
+    )
+    xs, ys = [], []
+    per = max(1, cfg.data.val_patches // len(cfg.data.val_brains))
+    for name in cfg.data.val_brains:
+        low, high = simulate_pair(load_brain(name), settings, rng, axis=2, snr=profile.snr_mean)
+        x, y = sample_patches(
+            low, high, cfg.model.factor, per, rng,
+            in_plane=cfg.data.patch_in_plane, out_slices=cfg.data.patch_in_plane,
+            min_foreground=cfg.data.min_foreground, flips=False,
+        )
+        xs.append(x)
+        ys.append(y)
+    return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+
+@torch.no_grad()
+def validate(model: AnisoUNet, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """MSE and PSNR (peak 1 on the normalised scale) of the model and of linear interpolation."""
+    from models.aniso_unet import upsample_slices_linear
+
+    model.eval()
+    mse = float(sum(F.mse_loss(model(x[i : i + 8]), y[i : i + 8], reduction="sum")
+                    for i in range(0, len(x), 8)) / y.numel())
+    base = float(F.mse_loss(upsample_slices_linear(x, model.config.factor), y))
+    model.train()
+    return {
+        "val_mse": mse,
+        "val_psnr": 10 * math.log10(1.0 / max(mse, 1e-12)),
+        "val_psnr_linear": 10 * math.log10(1.0 / max(base, 1e-12)),
+    }
+
+
+def plot_curves(history: dict, path: Path) -> None:
+    """Training loss (running mean) and validation PSNR against step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    steps = np.asarray(history["step"])
+    loss = np.asarray(history["loss"])
+    if len(loss):
+        w = min(50, len(loss))
+        smooth = np.convolve(loss, np.ones(w) / w, mode="valid")
+        a.semilogy(steps[w - 1 :], smooth)
+    a.set_xlabel("step")
+    a.set_ylabel("training loss (running mean)")
+    if history["val_step"]:
+        b.plot(history["val_step"], history["val_psnr"], label="network")
+        b.plot(history["val_step"], history["val_psnr_linear"], "--", label="linear interp.")
+        b.legend()
+    b.set_xlabel("step")
+    b.set_ylabel("validation PSNR (dB, patches)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _progress(total: int, initial: int):  # type: ignore[no-untyped-def]
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, dynamic_ncols=True, mininterval=1.0 if
+                sys.stderr.isatty() else 30.0, desc="train")
+
+
+def train(
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    brains: list | None = None,
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train (or resume) and write ``checkpoint.pt``, ``model.pt``, ``history.json``,
+    ``curves.png`` into ``out_dir``. Returns the history. ``brains``/``val`` let tests pass
+    small synthetic data instead of loading the shipped brains."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t = cfg.train
+    torch.set_num_threads(max(1, t.threads))
+    torch.manual_seed(t.seed)
+    rng = np.random.default_rng(t.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = AnisoUNet(cfg.model).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=t.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, t))
+    history: dict = {"step": [], "loss": [], "val_step": [], "val_psnr": [],
+                     "val_psnr_linear": [], "seconds": 0.0}
+    start = 0
+    ckpt_path = out / "checkpoint.pt"
+    if resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, weights_only=False, map_location=device)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        history = ck["history"]
+        start = ck["step"]
+        rng.bit_generator.state = ck["numpy_rng"]
+        torch.set_rng_state(ck["torch_rng"])
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    stream = PatchStream(cfg, rng, brains)
+    vx, vy = val if val is not None else validation_set(cfg)
+    vx, vy = vx.to(device), vy.to(device)
+    bar = _progress(t.steps, start) if progress else None
+    began = time.time() - history["seconds"]
+    log = open(out / "train.log", "a")  # noqa: SIM115 - closed in finally
+
+    def save(step: int) -> None:
+        history["seconds"] = time.time() - began
+        torch.save({
+            "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "history": history, "step": step,
+            "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+            "config": cfg.to_dict(),
+        }, ckpt_path)
+        (out / "history.json").write_text(json.dumps(history))
+
+    model.train()
+    step = start
+    try:
+        for step in range(start, t.steps):
+            x, y = stream.next_batch()
+            x, y = x.to(device), y.to(device)
+            loss = loss_fn(model(x), y, t.loss)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            history["step"].append(step)
+            history["loss"].append(float(loss))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss):.2e}")
+            if (step + 1) % t.log_every == 0:
+                recent = float(np.mean(history["loss"][-t.log_every:]))
+                log.write(f"step {step + 1} loss {recent:.4e} lr {sched.get_last_lr()[0]:.2e} "
+                          f"elapsed {time.time() - began:.0f}s\n")
+                log.flush()
+            if len(vx) and ((step + 1) % t.val_every == 0 or step + 1 == t.steps):
+                v = validate(model, vx, vy)
+                history["val_step"].append(step + 1)
+                for key in ("val_psnr", "val_psnr_linear"):
+                    history[key].append(v[key])
+                log.write(f"step {step + 1} val_psnr {v['val_psnr']:.2f} dB "
+                          f"(linear {v['val_psnr_linear']:.2f} dB)\n")
+                log.flush()
+            if (step + 1) % t.checkpoint_every == 0:
+                save(step + 1)
+                plot_curves(history, out / "curves.png")
+            if t.max_minutes and time.time() - began > 60 * t.max_minutes:
+                log.write(f"stopping at step {step + 1}: max_minutes {t.max_minutes} reached\n")
+                break
+        step += 1
+    finally:
+        if bar is not None:
+            bar.close()
+        save(step)
+        history["steps_done"] = step
+        torch.save({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "config": cfg.to_dict(),
+                    "history": history}, out / "model.pt")
+        (out / "history.json").write_text(json.dumps(history))
+        plot_curves(history, out / "curves.png")
+        log.close()
+    return history

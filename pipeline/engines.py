@@ -1,0 +1,201 @@
+"""The engine registry and the classical ``bspline`` engine.
+
+Engines implement ``models.engine.ThroughPlaneEngine``. They are registered by name with a
+factory (so loading weights happens only when an engine is used) and a rank: without ``--model``
+the node uses the highest-ranked engine that accepts the series profile and loads, which is the
+trained IQT model once ``models`` registers it, and ``bspline`` (rank 0) otherwise. Another module
+registers an engine either by calling ``register_engine`` at import time or, without being
+imported by us, through the ``dicomnode.engines`` entry-point group (``name = "module:factory"``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib import metadata
+
+import numpy as np
+from scipy.ndimage import spline_filter1d
+
+from models.engine import EngineInfo, EngineResult, ThroughPlaneEngine
+from pipeline.errors import EnhanceError
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "dicomnode.engines"
+
+EngineFactory = Callable[[], ThroughPlaneEngine]
+Profile = Mapping[str, object]
+"""Series attributes an engine may look at to accept a series: Modality, SeriesDescription,
+MagneticFieldStrength, slice_spacing, pixel_spacing (see ``pipeline.run.series_profile``)."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    name: str
+    factory: EngineFactory
+    rank: int = 0
+    accepts: Callable[[Profile], bool] | None = None
+
+
+_lock = threading.Lock()
+_registry: dict[str, Registration] = {}
+_instances: dict[str, ThroughPlaneEngine] = {}
+_entry_points_loaded = False
+
+
+def register_engine(
+    name: str,
+    factory: EngineFactory,
+    *,
+    rank: int = 0,
+    accepts: Callable[[Profile], bool] | None = None,
+    replace: bool = False,
+) -> None:
+    """Make ``factory`` available as engine ``name``.
+
+    ``rank`` orders engines for automatic choice (higher first); ``accepts`` says whether the
+    engine fits a series profile (``None``: any). Registering a taken name is an error unless
+    ``replace`` is set, so two modules cannot silently shadow each other.
+    """
+    with _lock:
+        if name in _registry and not replace:
+            raise ValueError(f"engine {name!r} is already registered")
+        _registry[name] = Registration(name, factory, rank, accepts)
+        _instances.pop(name, None)
+
+
+def unregister_engine(name: str) -> None:
+    with _lock:
+        _registry.pop(name, None)
+        _instances.pop(name, None)
+
+
+def available_engines() -> list[str]:
+    """Registered engine names, highest rank first."""
+    _load_entry_points()
+    return [r.name for r in sorted(_registry.values(), key=lambda r: (-r.rank, r.name))]
+
+
+def get_engine(name: str) -> ThroughPlaneEngine:
+    """The engine registered as ``name`` (created once, then reused)."""
+    _load_entry_points()
+    with _lock:
+        if name in _instances:
+            return _instances[name]
+        registration = _registry.get(name)
+    if registration is None:
+        raise EnhanceError(
+            "unknown-engine",
+            f"no engine named {name!r}; available: {', '.join(available_engines())}",
+        )
+    try:
+        engine = registration.factory()
+    except Exception as exc:
+        raise EnhanceError("engine-unavailable", f"engine {name!r} cannot load: {exc}") from exc
+    if not isinstance(engine, ThroughPlaneEngine):
+        raise EnhanceError("engine-invalid", f"engine {name!r} does not implement the contract")
+    with _lock:
+        _instances[name] = engine
+    return engine
+
+
+def choose_engine(name: str | None, profile: Profile | None = None) -> tuple[ThroughPlaneEngine, str]:
+    """The named engine, or the best one for the profile; returns it with a sentence saying why."""
+    if name:
+        return get_engine(name), f"engine {name!r} as requested"
+    profile = profile or {}
+    for candidate in available_engines():
+        registration = _registry[candidate]
+        if registration.accepts is not None and not registration.accepts(profile):
+            continue
+        try:
+            return get_engine(candidate), f"engine {candidate!r}, the best available for this series"
+        except EnhanceError as exc:
+            log.warning("skipping engine %s: %s", candidate, exc)
+    raise EnhanceError("no-engine", "no registered engine accepts this series")
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if entry.name in _registry:
+            continue
+        try:
+            register_engine(entry.name, entry.load())
+        except Exception as exc:  # a broken plug-in must not take the pipeline down
+            log.warning("engine entry point %s failed to load: %s", entry.name, exc)
+
+
+class BSplineEngine:
+    """Cubic B-spline interpolation through-plane: the baseline every model is compared with.
+
+    Coefficients are prefiltered along the slice axis (mirror boundaries) so the spline passes
+    through the acquired slices, then evaluated at the output positions of the grid convention
+    in ``models.engine``: output slice ``i*k + j`` lies at slice coordinate
+    ``i + (j - (k-1)/2) / k``. In-plane data is untouched.
+    """
+
+    VERSION = "1.0.0"
+
+    @property
+    def info(self) -> EngineInfo:
+        return EngineInfo(
+            name="bspline",
+            version=self.VERSION,
+            weights_sha256=None,
+            description="cubic B-spline interpolation through-plane (scipy.ndimage)",
+        )
+
+    @property
+    def supported_factors(self) -> tuple[int, ...]:
+        return (2, 3, 4, 5, 6, 7, 8)
+
+    def upsample(
+        self, volume: np.ndarray, factor: int, slice_thickness_ratio: float = 1.0
+    ) -> EngineResult:
+        if factor not in self.supported_factors:
+            raise ValueError(f"factor {factor} not in {self.supported_factors}")
+        volume = np.asarray(volume, dtype=np.float32)
+        n = volume.shape[0]
+        coefficients = spline_filter1d(volume, order=3, axis=0, mode="mirror", output=np.float32)
+        out = np.empty((n * factor,) + volume.shape[1:], dtype=np.float32)
+        offsets = (np.arange(factor) - (factor - 1) / 2) / factor
+        for i in range(n):
+            for j, offset in enumerate(offsets):
+                out[i * factor + j] = _evaluate(coefficients, i + offset)
+        return EngineResult(out, notes={"method": "cubic B-spline, mirror boundary"})
+
+
+def _evaluate(coefficients: np.ndarray, x: float) -> np.ndarray:
+    """The cubic B-spline at slice coordinate ``x`` (a weighted sum of four coefficient slices)."""
+    n = coefficients.shape[0]
+    base = int(np.floor(x))
+    t = x - base
+    weights = (
+        (1 - t) ** 3 / 6,
+        (3 * t**3 - 6 * t**2 + 4) / 6,
+        (-3 * t**3 + 3 * t**2 + 3 * t + 1) / 6,
+        t**3 / 6,
+    )
+    result = np.zeros(coefficients.shape[1:], dtype=np.float32)
+    for m, weight in zip(range(base - 1, base + 3), weights, strict=True):
+        result += np.float32(weight) * coefficients[_mirror(m, n)]
+    return result
+
+
+def _mirror(index: int, n: int) -> int:
+    """scipy's 'mirror' extension: ... 2 1 | 0 1 2 ... n-1 | n-2 ..."""
+    if n == 1:
+        return 0
+    period = 2 * (n - 1)
+    index = abs(index) % period
+    return period - index if index >= n else index
+
+
+register_engine("bspline", BSplineEngine, rank=0)

@@ -1,0 +1,73 @@
+"""Intensity normalisation the engines can rely on, and optional slice-wise equalisation.
+
+Normalisation (``percentile``, the default): ``x_n = (x - offset) / scale`` with ``offset = 0``
+(MR magnitude: air stays at zero, so the engines see an unshifted background) and ``scale`` the
+given percentile (99 by default) of the voxels inside the head mask. Brain tissue then lies in
+about 0..1 whatever the scanner's arbitrary units. The pair (offset, scale) is kept in a
+``Normalisation`` record and ``invert`` multiplies it back, so the derived series comes out in the
+source's range and the source's window settings stay meaningful. ``none`` is the identity.
+
+Slice equalisation: low-field 2D T1 spin echo shows slice-to-slice brightness steps from
+cross-talk between adjacent slices. Following Figini et al. (2024) each slice is histogram-matched
+to the central slice (SimpleITK's quantile-based matching, background excluded by thresholding
+at the mean). Off by default: it also evens out true anatomical contrast differences between
+slices, so it is a per-protocol choice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from pipeline.settings import IntensitySettings
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """A reversible affine intensity map: ``normalised = (x - offset) / scale``."""
+
+    method: str
+    offset: float
+    scale: float
+
+    def apply(self, array: np.ndarray) -> np.ndarray:
+        return ((array - self.offset) / self.scale).astype(np.float32, copy=False)
+
+    def invert(self, array: np.ndarray) -> np.ndarray:
+        return (array * self.scale + self.offset).astype(np.float32, copy=False)
+
+
+def fit_normalisation(
+    array: np.ndarray, mask: np.ndarray | None, settings: IntensitySettings
+) -> Normalisation:
+    """Measure the normalisation on the head (all voxels when there is no usable mask)."""
+    if settings.normalisation == "none":
+        return Normalisation("none", 0.0, 1.0)
+    values = array[mask > 0] if mask is not None and np.any(mask) else array.ravel()
+    scale = float(np.percentile(values, settings.percentile))
+    if not np.isfinite(scale) or scale <= 0:
+        scale = float(np.abs(values).max()) or 1.0
+    return Normalisation(f"percentile{settings.percentile:g}", 0.0, scale)
+
+
+def equalise_slices(
+    image: sitk.Image, settings: IntensitySettings | None = None
+) -> sitk.Image:
+    """Histogram-match every slice (z index) to the central slice; geometry unchanged."""
+    settings = settings or IntensitySettings()
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    depth = image.GetSize()[2]
+    reference = image[:, :, depth // 2]
+    matcher = sitk.HistogramMatchingImageFilter()
+    matcher.SetNumberOfHistogramLevels(settings.equalisation_histogram_levels)
+    matcher.SetNumberOfMatchPoints(settings.equalisation_match_points)
+    matcher.ThresholdAtMeanIntensityOn()
+    slices = [
+        reference if z == depth // 2 else matcher.Execute(image[:, :, z], reference)
+        for z in range(depth)
+    ]
+    result = sitk.JoinSeries(slices)
+    result.CopyInformation(image)
+    return result
