@@ -19,6 +19,7 @@ app.add_typer(node_admin.config_app, name="config")
 app.add_typer(node_admin.db_app, name="db")
 app.add_typer(records.series_app, name="series")
 app.add_typer(records.jobs_app, name="jobs")
+from dicomnode.commands.enhance import enhance as _enhance; app.command("enhance")(_enhance)  # noqa: E402, E702, I001
 # --- end of command registration ---
 
 

@@ -144,19 +144,15 @@ class StoreSCP:
         extra = {"calling_ae": calling, "peer": peer, "called_ae": called}
         if self._calling and calling not in self._calling:
             log.warning("association rejected: calling AE title not allowed", extra=extra)
-            event.assoc.acse.send_reject(
-                REJECT_PERMANENT, SOURCE_SERVICE_USER, DIAG_CALLING_AE_NOT_RECOGNISED
-            )
+            _reject(event.assoc, DIAG_CALLING_AE_NOT_RECOGNISED)
             return
         if self._networks and not self._peer_allowed(peer):
             log.warning("association rejected: source address not allowed", extra=extra)
-            event.assoc.acse.send_reject(REJECT_PERMANENT, SOURCE_SERVICE_USER, DIAG_NO_REASON)
+            _reject(event.assoc, DIAG_NO_REASON)
             return
         if called != self.config.node.ae_title:
             log.warning("association rejected: called AE title is not ours", extra=extra)
-            event.assoc.acse.send_reject(
-                REJECT_PERMANENT, SOURCE_SERVICE_USER, DIAG_CALLED_AE_NOT_RECOGNISED
-            )
+            _reject(event.assoc, DIAG_CALLED_AE_NOT_RECOGNISED)
             return
         log.info("association requested", extra=extra)
 
@@ -204,6 +200,12 @@ class StoreSCP:
     def _on_aborted(self, event: evt.Event) -> None:
         with self._lock:
             self._touched.pop(id(event.assoc), None)
+
+
+def _reject(assoc: object, diagnostic: int) -> None:
+    """Send A-ASSOCIATE-RJ and wait until it is on the wire before the socket is closed."""
+    assoc.acse.send_reject(REJECT_PERMANENT, SOURCE_SERVICE_USER, diagnostic)  # type: ignore[attr-defined]
+    assoc.kill()  # type: ignore[attr-defined]
 
 
 def _text(value: object) -> str:

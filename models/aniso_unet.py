@@ -153,6 +153,10 @@ class AnisoUNet(nn.Module):
             ResidualCore(2 * widths[i], widths[i]) for i in range(config.levels - 1)
         )
         self.head = nn.Conv3d(widths[0], 1, 1)
+        if config.residual_input:
+            # Start as plain linear interpolation; the network then learns only the correction.
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     def check_input(self, x: torch.Tensor) -> None:
         ms, mp = self.config.input_multiple()

@@ -290,10 +290,10 @@ def train(
             opt.step()
             sched.step()
             history["step"].append(step)
-            history["loss"].append(float(loss))
+            history["loss"].append(loss.item())
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(loss):.2e}")
+                bar.set_postfix(loss=f"{history['loss'][-1]:.2e}")
             if (step + 1) % t.log_every == 0:
                 recent = float(np.mean(history["loss"][-t.log_every:]))
                 log.write(f"step {step + 1} loss {recent:.4e} lr {sched.get_last_lr()[0]:.2e} "

@@ -57,6 +57,11 @@ def correct_bias(
         log_field = _antspy_log_field(image, mask, settings)
     else:
         log_field = _simpleitk_log_field(image, mask, settings)
+    # N4 leaves the field's overall scale free; centring it on the head keeps the corrected image
+    # in the source's units, so the source window and the derived window stay comparable.
+    values = sitk.GetArrayViewFromImage(log_field)[sitk.GetArrayViewFromImage(mask) > 0]
+    if values.size:
+        log_field = sitk.Subtract(log_field, float(values.mean()))
     corrected = sitk.Divide(image, sitk.Exp(log_field))
     corrected.CopyInformation(image)
     return BiasResult(corrected, log_field, mask)

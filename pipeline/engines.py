@@ -102,7 +102,9 @@ def get_engine(name: str) -> ThroughPlaneEngine:
     return engine
 
 
-def choose_engine(name: str | None, profile: Profile | None = None) -> tuple[ThroughPlaneEngine, str]:
+def choose_engine(
+    name: str | None, profile: Profile | None = None
+) -> tuple[ThroughPlaneEngine, str]:
     """The named engine, or the best one for the profile; returns it with a sentence saying why."""
     if name:
         return get_engine(name), f"engine {name!r} as requested"
@@ -112,7 +114,9 @@ def choose_engine(name: str | None, profile: Profile | None = None) -> tuple[Thr
         if registration.accepts is not None and not registration.accepts(profile):
             continue
         try:
-            return get_engine(candidate), f"engine {candidate!r}, the best available for this series"
+            return get_engine(
+                candidate
+            ), f"engine {candidate!r}, the best available for this series"
         except EnhanceError as exc:
             log.warning("skipping engine %s: %s", candidate, exc)
     raise EnhanceError("no-engine", "no registered engine accepts this series")

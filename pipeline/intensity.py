@@ -52,22 +52,22 @@ def fit_normalisation(
     return Normalisation(f"percentile{settings.percentile:g}", 0.0, scale)
 
 
-def equalise_slices(
-    image: sitk.Image, settings: IntensitySettings | None = None
-) -> sitk.Image:
+def equalise_slices(image: sitk.Image, settings: IntensitySettings | None = None) -> sitk.Image:
     """Histogram-match every slice (z index) to the central slice; geometry unchanged."""
     settings = settings or IntensitySettings()
-    image = sitk.Cast(image, sitk.sitkFloat32)
-    depth = image.GetSize()[2]
-    reference = image[:, :, depth // 2]
+    array = sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkFloat32))
+    centre = array.shape[0] // 2
+    # Plain 2D images (no geometry): only intensities matter, and 2D slices cut from an oblique
+    # volume would carry origins that SimpleITK refuses to stack again.
+    reference = sitk.GetImageFromArray(array[centre])
     matcher = sitk.HistogramMatchingImageFilter()
     matcher.SetNumberOfHistogramLevels(settings.equalisation_histogram_levels)
     matcher.SetNumberOfMatchPoints(settings.equalisation_match_points)
     matcher.ThresholdAtMeanIntensityOn()
-    slices = [
-        reference if z == depth // 2 else matcher.Execute(image[:, :, z], reference)
-        for z in range(depth)
-    ]
-    result = sitk.JoinSeries(slices)
+    for z in range(array.shape[0]):
+        if z != centre:
+            matched = matcher.Execute(sitk.GetImageFromArray(array[z]), reference)
+            array[z] = sitk.GetArrayViewFromImage(matched)
+    result = sitk.GetImageFromArray(array)
     result.CopyInformation(image)
     return result

@@ -7,7 +7,9 @@ smoothly through-plane) keeps dark structures such as ventricles inside the mask
 
 from __future__ import annotations
 
+import numpy as np
 import SimpleITK as sitk
+from scipy.ndimage import binary_fill_holes
 
 
 def head_mask(image: sitk.Image) -> sitk.Image:
@@ -16,10 +18,9 @@ def head_mask(image: sitk.Image) -> sitk.Image:
     foreground = sitk.OtsuThreshold(smooth, 0, 1)
     components = sitk.RelabelComponent(sitk.ConnectedComponent(foreground), sortByObjectSize=True)
     largest = sitk.Equal(components, 1)
-    filled = [
-        sitk.BinaryFillhole(largest[:, :, z], fullyConnected=False, foregroundValue=1)
-        for z in range(largest.GetSize()[2])
-    ]
-    mask = sitk.JoinSeries(filled)
+    # Slice by slice on the array: 2D sitk slices of an oblique volume have differing origins.
+    array = sitk.GetArrayFromImage(largest).astype(bool)
+    filled = np.stack([binary_fill_holes(plane) for plane in array]).astype(np.uint8)
+    mask = sitk.GetImageFromArray(filled)
     mask.CopyInformation(image)
-    return sitk.Cast(mask, sitk.sitkUInt8)
+    return mask

@@ -253,3 +253,22 @@ def write_series(datasets: Sequence[Dataset], folder: Path | str) -> list[Path]:
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def build_legacy_multiframe(datasets: Sequence[Dataset]) -> Dataset:
+    """Convert a classic series into one Legacy Converted Enhanced MR Image (multi-frame).
+
+    Some scanners and archives send the multi-frame form; building it with highdicom from the
+    same synthetic series lets tests check that both forms give the same volume.
+    """
+    from highdicom.legacy import LegacyConvertedEnhancedMRImage
+
+    first = datasets[0]
+    series_uid = deterministic_uid("legacy-mf", first.SeriesInstanceUID)
+    return LegacyConvertedEnhancedMRImage(
+        legacy_datasets=list(datasets),
+        series_instance_uid=series_uid,
+        series_number=int(first.SeriesNumber),
+        sop_instance_uid=deterministic_uid("legacy-mf-instance", series_uid),
+        instance_number=1,
+    )

@@ -259,9 +259,7 @@ def _check_geometry_present(frames: list[_Frame]) -> None:
 def _check_not_localizer(frames: list[_Frame]) -> None:
     localizers = [f.ref.label for f in frames if f.localizer]
     if localizers:
-        raise VolumeError(
-            "localizer", "a localizer (scout) is mixed into the series", localizers
-        )
+        raise VolumeError("localizer", "a localizer (scout) is mixed into the series", localizers)
 
 
 def _check_same(frames: list[_Frame], attribute: str, tolerance: float) -> np.ndarray:
@@ -273,8 +271,11 @@ def _check_same(frames: list[_Frame], attribute: str, tolerance: float) -> np.nd
             keys.most_common(1)[0][0]
         )
     ]
-    odd = [f.ref.label for f, v in zip(frames, values, strict=True)
-           if np.max(np.abs(v - reference)) > tolerance]
+    odd = [
+        f.ref.label
+        for f, v in zip(frames, values, strict=True)
+        if np.max(np.abs(v - reference)) > tolerance
+    ]
     if odd:
         if attribute == "orientation":
             raise VolumeError(
@@ -294,15 +295,17 @@ def _check_same_matrix(frames: list[_Frame]) -> None:
         raise VolumeError("mixed-matrix", "instances with a different number of rows/columns", odd)
 
 
-def _check_sizes(
-    frames: list[_Frame], pixel_spacing: np.ndarray, settings: VolumeSettings
-) -> None:
+def _check_sizes(frames: list[_Frame], pixel_spacing: np.ndarray, settings: VolumeSettings) -> None:
     rows, columns = frames[0].rows, frames[0].columns
     problems = []
-    if not (MIN_MATRIX <= rows <= settings.max_matrix and MIN_MATRIX <= columns <= settings.max_matrix):
+    if not (
+        MIN_MATRIX <= rows <= settings.max_matrix and MIN_MATRIX <= columns <= settings.max_matrix
+    ):
         problems.append(f"matrix {rows}x{columns} outside {MIN_MATRIX}..{settings.max_matrix}")
     if not (0 < pixel_spacing.min() and pixel_spacing.max() <= MAX_PIXEL_SPACING_MM):
-        problems.append(f"pixel spacing {pixel_spacing.tolist()} mm outside 0..{MAX_PIXEL_SPACING_MM}")
+        problems.append(
+            f"pixel spacing {pixel_spacing.tolist()} mm outside 0..{MAX_PIXEL_SPACING_MM}"
+        )
     if len(frames) > settings.max_slices:
         problems.append(f"{len(frames)} slices, more than {settings.max_slices}")
     if rows * columns * len(frames) > settings.max_voxels:
@@ -355,8 +358,7 @@ def _order_and_check_spacing(
     tolerance = settings.spacing_tolerance
     ratios = steps / median
     gaps = [
-        i for i, r in enumerate(ratios)
-        if r > 1.5 and abs(r - round(r)) <= tolerance * round(r)
+        i for i, r in enumerate(ratios) if r > 1.5 and abs(r - round(r)) <= tolerance * round(r)
     ]
     if gaps:
         missing = int(sum(round(ratios[i]) - 1 for i in gaps))

@@ -1,0 +1,123 @@
+"""The trained engine ``iqt-t1``: the ThroughPlaneEngine the pipeline runs.
+
+Construct it from the released weights with ``IQTEngine.from_release()`` (sha256 of each file is
+checked against ``models/weights/manifest.json``). It takes a float32 (slices, rows, cols)
+volume on any non-negative intensity scale: it divides by ``models.normalize.robust_scale``
+(the head's 99th percentile -> 1, the scale the network was trained on), predicts with tiled
+inference, and multiplies back, so the result is on the caller's scale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from models.aniso_unet import AnisoUNet
+from models.engine import EngineInfo, EngineResult
+from models.infer import TileSettings, predict_volume
+from models.normalize import robust_scale
+from models.release import MODEL_NAME, VERSION, file_name, load_released, released_factors
+from models.trust import back_project, consistency_psnr
+
+
+class IQTEngine:
+    """ANISO U-Net super-resolution, one network per factor, with a data-consistency score."""
+
+    def __init__(
+        self,
+        networks: dict[int, AnisoUNet],
+        *,
+        version: str = VERSION,
+        file_hashes: dict[int, str] | None = None,
+        tiles: TileSettings | None = None,
+        device: str | None = None,
+        threads: int | None = None,
+        consistency_correction: bool = False,
+    ) -> None:
+        if not networks:
+            raise ValueError("IQTEngine needs at least one network")
+        for k, net in networks.items():
+            if net.config.factor != k:
+                raise ValueError(f"network registered for k={k} was built for {net.config.factor}")
+        self.networks = {k: net.eval() for k, net in networks.items()}
+        self.file_hashes = dict(file_hashes or {})
+        self.tiles = tiles or TileSettings()
+        self.device = device
+        self.threads = threads
+        self.consistency_correction = consistency_correction
+        combined = None
+        if self.file_hashes:
+            text = "\n".join(f"{file_name(k)} {h}" for k, h in sorted(self.file_hashes.items()))
+            combined = hashlib.sha256(text.encode()).hexdigest()
+        self._info = EngineInfo(
+            name=MODEL_NAME,
+            version=version,
+            weights_sha256=combined,
+            description=(
+                "ANISO U-Net image quality transfer (Lin et al. 2019), T1, 0.36 T profile; "
+                "weights_sha256 hashes the lines '<file> <sha256>' of the files used, "
+                "each file's own hash is in the result notes"
+            ),
+        )
+
+    @classmethod
+    def from_release(
+        cls,
+        directory: str | Path | None = None,
+        factors: tuple[int, ...] | None = None,
+        **kwargs: object,
+    ) -> IQTEngine:
+        """Load the released weights (all factors, or ``factors``), checking each sha256."""
+        d = Path(directory) if directory is not None else None
+        wanted = factors or released_factors(d)
+        networks, hashes, version = {}, {}, VERSION
+        for k in wanted:
+            net, entry = load_released(k, d)
+            networks[k] = net
+            hashes[k] = entry["sha256"]
+            version = entry.get("version", version)
+        return cls(networks, version=version, file_hashes=hashes, **kwargs)  # type: ignore[arg-type]
+
+    @property
+    def info(self) -> EngineInfo:
+        return self._info
+
+    @property
+    def supported_factors(self) -> tuple[int, ...]:
+        return tuple(sorted(self.networks))
+
+    def upsample(
+        self, volume: np.ndarray, factor: int, slice_thickness_ratio: float = 1.0
+    ) -> EngineResult:
+        """Super-resolve ``volume`` (n, rows, cols) to (n * factor, rows, cols)."""
+        if factor not in self.networks:
+            raise ValueError(f"{MODEL_NAME} supports factors {self.supported_factors}, not {factor}")
+        v = np.asarray(volume, dtype=np.float32)
+        if v.ndim != 3:
+            raise ValueError(f"expected (slices, rows, cols), got shape {v.shape}")
+        if not np.isfinite(v).all():
+            raise ValueError("volume contains NaN or infinite values")
+        scale = robust_scale(v)
+        x = v / scale
+        pred = predict_volume(
+            self.networks[factor], x, tiles=self.tiles, device=self.device, threads=self.threads
+        )
+        if self.consistency_correction:
+            pred = back_project(pred, x, factor, slice_thickness_ratio)
+        np.maximum(pred, 0.0, out=pred)
+        score = consistency_psnr(pred, x, factor, slice_thickness_ratio)
+        notes: dict[str, object] = {
+            "factor": factor,
+            "input_scale": scale,
+            "weights_file": file_name(factor),
+            "weights_file_sha256": self.file_hashes.get(factor),
+            "consistency_correction": self.consistency_correction,
+            "tile": [self.tiles.slices, self.tiles.rows, self.tiles.cols],
+        }
+        if abs(slice_thickness_ratio - 1.0) > 0.05:
+            notes["warning"] = (
+                f"trained for contiguous slices; thickness/spacing is {slice_thickness_ratio:.2f}"
+            )
+        return EngineResult(volume=pred * scale, consistency_psnr_db=score, notes=notes)
