@@ -20,6 +20,9 @@ app.add_typer(node_admin.db_app, name="db")
 app.add_typer(records.series_app, name="series")
 app.add_typer(records.jobs_app, name="jobs")
 from dicomnode.commands.enhance import enhance as _enhance; app.command("enhance")(_enhance)  # noqa: E402, E702, I001
+from dicomnode.commands.train import train as _train; app.command("train")(_train)  # noqa: E402, E702, I001
+from dicomnode.commands.evaluate import evaluate as _evaluate; app.command("evaluate")(_evaluate)  # noqa: E402, E702, I001
+from dicomnode.commands.simulate import simulate as _simulate; app.command("simulate")(_simulate)  # noqa: E402, E702, I001
 # --- end of command registration ---
 
 

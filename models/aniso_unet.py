@@ -50,7 +50,7 @@ class UNetConfig:
         return int(round(math.log2(self.factor)))
 
     def validate(self) -> None:
-        if self.factor < 2 or 2 ** self.slice_pools != self.factor:
+        if self.factor < 2 or 2**self.slice_pools != self.factor:
             raise ValueError(f"factor must be a power of two >= 2, got {self.factor}")
         if self.levels < 2:
             raise ValueError("levels must be at least 2")
@@ -65,8 +65,7 @@ class UNetConfig:
     def pool_kernels(self) -> list[tuple[int, int, int]]:
         """Pool kernel (slices, rows, cols) below each level: in-plane first, then isotropic."""
         return [
-            (1, 2, 2) if level < self.slice_pools else (2, 2, 2)
-            for level in range(self.levels - 1)
+            (1, 2, 2) if level < self.slice_pools else (2, 2, 2) for level in range(self.levels - 1)
         ]
 
     def remaining_factor(self, level: int) -> int:

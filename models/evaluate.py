@@ -57,8 +57,18 @@ def engine_from_runs(run_dirs: list[Path], **kwargs: object) -> IQTEngine:
     return IQTEngine(nets, version="unreleased", **kwargs)  # type: ignore[arg-type]
 
 
-def _score(method: str, pred: np.ndarray, truth: np.ndarray, low: np.ndarray, mask: np.ndarray,
-           wm: np.ndarray, gm: np.ndarray, k: int, seconds: float, common: dict) -> Row:
+def _score(
+    method: str,
+    pred: np.ndarray,
+    truth: np.ndarray,
+    low: np.ndarray,
+    mask: np.ndarray,
+    wm: np.ndarray,
+    gm: np.ndarray,
+    k: int,
+    seconds: float,
+    common: dict,
+) -> Row:
     ref_psnr, ref_ssim = reference_psnr_ssim(pred, truth)
     return Row(
         method=method,
@@ -92,7 +102,11 @@ def evaluate(
         for label, snr in (("mean", profile.snr_mean), ("tail", profile.tail_snr(tail_z))):
             rng = np.random.default_rng(seed + k)
             sim = simulate_low_field(
-                brain.t1, TissueMaps(brain.tissue.gm, brain.tissue.wm), k, profile, rng,
+                brain.t1,
+                TissueMaps(brain.tissue.gm, brain.tissue.wm),
+                k,
+                profile,
+                rng,
                 snr=tuple(snr),  # type: ignore[arg-type]
             )
             n = sim.low_field.shape[0] * k
@@ -102,20 +116,61 @@ def evaluate(
             mask = brain.brain_mask[:n]
             wm = (brain.tissue.wm[:n] > 0.5) & mask
             gm = (brain.tissue.gm[:n] > 0.5) & mask
-            common = {"brain": brain_name, "factor": k, "snr_point": label,
-                      "snr_wm": float(snr[0]), "snr_gm": float(snr[1])}
+            common = {
+                "brain": brain_name,
+                "factor": k,
+                "snr_point": label,
+                "snr_wm": float(snr[0]),
+                "snr_gm": float(snr[1]),
+            }
             t = time.perf_counter()
             cubic = cubic_bspline_upsample(low, k)
-            rows.append(_score("cubic B-spline", cubic, truth, low, mask, wm, gm, k,
-                               time.perf_counter() - t, common))
+            rows.append(
+                _score(
+                    "cubic B-spline",
+                    cubic,
+                    truth,
+                    low,
+                    mask,
+                    wm,
+                    gm,
+                    k,
+                    time.perf_counter() - t,
+                    common,
+                )
+            )
             t = time.perf_counter()
             pred = engine.upsample(low, k).volume
-            rows.append(_score(f"{engine.info.name}", pred, truth, low, mask, wm, gm, k,
-                               time.perf_counter() - t, common))
+            rows.append(
+                _score(
+                    f"{engine.info.name}",
+                    pred,
+                    truth,
+                    low,
+                    mask,
+                    wm,
+                    gm,
+                    k,
+                    time.perf_counter() - t,
+                    common,
+                )
+            )
             if with_back_projection:
                 bp = back_project(pred, low, k)
-                rows.append(_score(f"{engine.info.name} + back-projection", bp, truth, low, mask,
-                                   wm, gm, k, 0.0, common))
+                rows.append(
+                    _score(
+                        f"{engine.info.name} + back-projection",
+                        bp,
+                        truth,
+                        low,
+                        mask,
+                        wm,
+                        gm,
+                        k,
+                        0.0,
+                        common,
+                    )
+                )
     return rows
 
 

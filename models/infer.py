@@ -65,8 +65,10 @@ def _taper(length: int, ramp: int, left_edge: bool, right_edge: bool) -> np.ndar
 
 
 def _device_and_autocast(device: str | torch.device | None):  # type: ignore[no-untyped-def]
-    dev = torch.device(device) if device is not None else torch.device(
-        "cuda" if torch.cuda.is_available() else "cpu"
+    dev = (
+        torch.device(device)
+        if device is not None
+        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     )
     if dev.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -109,8 +111,11 @@ def predict_volume(
         (margin_r, pr - rows - margin_r),
         (margin_c, pc - cols - margin_c),
     )
-    padded = np.pad(volume.astype(np.float32, copy=False), pad, mode="reflect"
-                    if min(n, rows, cols) > max(max(p) for p in pad) else "edge")
+    padded = np.pad(
+        volume.astype(np.float32, copy=False),
+        pad,
+        mode="reflect" if min(n, rows, cols) > max(max(p) for p in pad) else "edge",
+    )
 
     out = np.zeros((ps * k, pr, pc), np.float32)
     weight = np.zeros_like(out)
@@ -123,9 +128,7 @@ def predict_volume(
             for r0 in r_starts:
                 wr = _taper(tr, tiles.overlap_in_plane, r0 == r_starts[0], r0 == r_starts[-1])
                 for c0 in c_starts:
-                    wc = _taper(
-                        tc, tiles.overlap_in_plane, c0 == c_starts[0], c0 == c_starts[-1]
-                    )
+                    wc = _taper(tc, tiles.overlap_in_plane, c0 == c_starts[0], c0 == c_starts[-1])
                     x = padded[s0 : s0 + ts, r0 : r0 + tr, c0 : c0 + tc]
                     xt = torch.from_numpy(np.ascontiguousarray(x))[None, None].to(dev)
                     y = model(xt)[0, 0].float().cpu().numpy()

@@ -93,7 +93,9 @@ class IQTEngine:
     ) -> EngineResult:
         """Super-resolve ``volume`` (n, rows, cols) to (n * factor, rows, cols)."""
         if factor not in self.networks:
-            raise ValueError(f"{MODEL_NAME} supports factors {self.supported_factors}, not {factor}")
+            raise ValueError(
+                f"{MODEL_NAME} supports factors {self.supported_factors}, not {factor}"
+            )
         v = np.asarray(volume, dtype=np.float32)
         if v.ndim != 3:
             raise ValueError(f"expected (slices, rows, cols), got shape {v.shape}")

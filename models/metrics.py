@@ -9,23 +9,30 @@ import numpy as np
 from scipy import ndimage
 
 
-def psnr_in_mask(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray,
-                 peak: float | None = None) -> float:
+def psnr_in_mask(
+    pred: np.ndarray, truth: np.ndarray, mask: np.ndarray, peak: float | None = None
+) -> float:
     """10 log10(peak^2 / MSE) over mask voxels; peak defaults to the truth's maximum in mask."""
     p = float(truth[mask].max()) if peak is None else peak
     mse = float(np.mean((pred[mask].astype(np.float64) - truth[mask]) ** 2))
     return float(10 * np.log10(p * p / max(mse, 1e-20)))
 
 
-def ssim_in_mask(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray,
-                 peak: float | None = None) -> float:
+def ssim_in_mask(
+    pred: np.ndarray, truth: np.ndarray, mask: np.ndarray, peak: float | None = None
+) -> float:
     """Mean of the 3D SSIM map (Gaussian window sigma 1.5, K1=0.01, K2=0.03) over mask voxels."""
     from skimage.metrics import structural_similarity
 
     p = float(truth[mask].max()) if peak is None else peak
     _, smap = structural_similarity(
-        truth.astype(np.float64), pred.astype(np.float64), data_range=p,
-        gaussian_weights=True, sigma=1.5, use_sample_covariance=False, full=True,
+        truth.astype(np.float64),
+        pred.astype(np.float64),
+        data_range=p,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        full=True,
     )
     return float(smap[mask].mean())
 
@@ -39,8 +46,10 @@ def reference_psnr_ssim(pred: np.ndarray, truth: np.ndarray) -> tuple[float, flo
     rng = float(truth.max() - truth.min())
     t = truth.astype(np.float64)
     p = pred.astype(np.float64)
-    return (float(peak_signal_noise_ratio(t, p, data_range=rng)),
-            float(structural_similarity(t, p, data_range=rng)))
+    return (
+        float(peak_signal_noise_ratio(t, p, data_range=rng)),
+        float(structural_similarity(t, p, data_range=rng)),
+    )
 
 
 def contrast(image: np.ndarray, wm: np.ndarray, gm: np.ndarray) -> float:
@@ -68,8 +77,13 @@ def edges_through_plane(volume: np.ndarray, peak: float, sigma: float = 1.0) -> 
     return edges
 
 
-def edge_f1(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray,
-            peak: float | None = None, tolerance: int = 1) -> float:
+def edge_f1(
+    pred: np.ndarray,
+    truth: np.ndarray,
+    mask: np.ndarray,
+    peak: float | None = None,
+    tolerance: int = 1,
+) -> float:
     """F1 of Canny edges: an edge voxel counts as matched if the other set has an edge within
     ``tolerance`` voxels (chessboard distance, in the plane the edges were found)."""
     p = float(truth[mask].max()) if peak is None else peak

@@ -126,8 +126,13 @@ def release_run(run_dir: Path, out_dir: Path, card_extra: str = "", hardware: st
         "released": datetime.now(UTC).strftime("%Y-%m-%d"),
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    card = model_card(manifest["models"][path.name], path, history,
-                      hardware or platform.processor() or platform.machine(), card_extra)
+    card = model_card(
+        manifest["models"][path.name],
+        path,
+        history,
+        hardware or platform.processor() or platform.machine(),
+        card_extra,
+    )
     (out_dir / f"{MODEL_NAME}-k{factor}.md").write_text(card)
     return path
 
@@ -138,16 +143,20 @@ def model_card(entry: dict, path: Path, history: dict, hardware: str, extra: str
     cfg = entry["config"]
     prof = load_profile(cfg["data"]["profile"])
     k = entry["factor"]
+    m, t = cfg["model"], cfg["train"]
+    arch = f"ANISO U-Net, {m['levels']} levels, {m['base_filters']} base filters (paper: 16)"
+    opt = f"{t['loss']} / Adam lr {t['lr']}, warm-up {t['warmup_steps']} + cosine"
+    hw = f"CPU ({hardware}), {t['threads']} thread(s), 2 cores shared with other jobs, no GPU"
     val = history.get("val_psnr") or [float("nan")]
     lin = history.get("val_psnr_linear") or [float("nan")]
-    return f"""# Model card: {MODEL_NAME} k={k} (version {entry['version']})
+    return f"""# Model card: {MODEL_NAME} k={k} (version {entry["version"]})
 
 Through-plane super-resolution and low-to-high-field contrast transfer for T1-weighted brain MRI
 (Image Quality Transfer, ANISO U-Net of Lin et al. 2019), trained for the {prof.name} profile:
 {k} thin slices per acquired slice.
 
 - file: `{path.name}` ({path.stat().st_size / 1e6:.1f} MB, conv weights float16)
-- sha256: `{entry['sha256']}`
+- sha256: `{entry["sha256"]}`
 - engine: `models.iqt_engine.IQTEngine.from_release()` (name `iqt-t1`)
 - input: float32 array (slices, rows, cols), slice axis 0, any non-negative intensity scale
   (the engine divides by the head's 99th percentile, see `models/normalize.py`, and multiplies
@@ -157,13 +166,13 @@ Through-plane super-resolution and low-to-high-field contrast transfer for T1-we
 
 | | |
 |---|---|
-| architecture | ANISO U-Net, {cfg['model']['levels']} levels, {cfg['model']['base_filters']} base filters (paper: 16), residual input {cfg['model']['residual_input']} |
-| parameters | {entry['parameters']:,} |
-| loss / optimiser | {cfg['train']['loss']} / Adam lr {cfg['train']['lr']}, warm-up {cfg['train']['warmup_steps']} + cosine |
-| steps x batch | {entry['steps']} x {cfg['train']['batch_size']} patches 32x32x{32 // k} -> 32^3 |
-| training time | {entry['training_seconds'] / 60:.0f} min wall clock |
-| hardware | CPU ({hardware}), {cfg['train']['threads']} thread(s), 2 cores shared with other jobs, no GPU |
-| seed | {cfg['train']['seed']} |
+| architecture | {arch}, global residual {m["residual_input"]} |
+| parameters | {entry["parameters"]:,} |
+| loss / optimiser | {opt} |
+| steps x batch | {entry["steps"]} x {cfg["train"]["batch_size"]} patches 32x32x{32 // k} -> 32^3 |
+| training time | {entry["training_seconds"] / 60:.0f} min wall clock |
+| hardware | {hw} |
+| seed | {cfg["train"]["seed"]} |
 
 This is the *reduced* model that fits a CPU budget; the full-size configuration
 (`models/configs/t1_k{k}_full.toml`: 16 base filters, no global residual) exists and is tested
@@ -171,19 +180,19 @@ at small scale, but was not trained for this release.
 
 ## Data
 
-Only brains shipped in PyPI wheels. Training: {', '.join(cfg['data']['train_brains'])}.
-Held out for validation/evaluation: {', '.join(cfg['data']['val_brains'])}.
+Only brains shipped in PyPI wheels. Training: {", ".join(cfg["data"]["train_brains"])}.
+Held out for validation/evaluation: {", ".join(cfg["data"]["val_brains"])}.
 Tissue maps: shipped GM/WM for mni152-2009a, 3-class Gaussian mixture otherwise.
-Every refill draws {cfg['data']['draws_per_brain']} simulated acquisitions per brain (random
-slice axis among {cfg['data']['slice_axes']}, random affine +-10 deg / +-10 %, smooth bias field,
-flips), {cfg['data']['patches_per_draw']} patches per draw with background rejection
-(>= {cfg['data']['min_foreground']:.0%} head voxels).
+Every refill draws {cfg["data"]["draws_per_brain"]} simulated acquisitions per brain (random
+slice axis among {cfg["data"]["slice_axes"]}, random affine +-10 deg / +-10 %, smooth bias field,
+flips), {cfg["data"]["patches_per_draw"]} patches per draw with background rejection
+(>= {cfg["data"]["min_foreground"]:.0%} head voxels).
 
 ## Simulator
 
 Lin et al. 2019 Algorithm 1 (`models/simulate.py`): Gaussian slice profile FWHM = slice
-thickness = {k} voxels (thickness ratio {cfg['data']['thickness_ratio']}), a slice every {k}
-voxels, GM rescaled and {cfg['data']['noise']} noise added so that (SNR_WM, SNR_GM) ~
+thickness = {k} voxels (thickness ratio {cfg["data"]["thickness_ratio"]}), a slice every {k}
+voxels, GM rescaled and {cfg["data"]["noise"]} noise added so that (SNR_WM, SNR_GM) ~
 N({list(prof.snr_mean)}, {[list(r) for r in prof.snr_covariance]}) ({prof.source}).
 
 ## Validation during training

@@ -78,7 +78,9 @@ class TrainConfig:
                 raise ValueError(f"unknown keys in [{section}]: {sorted(unknown)}")
             return kind(**values)
 
-        return cls(build(UNetConfig, "model"), build(DataConfig, "data"), build(OptimConfig, "train"))
+        return cls(
+            build(UNetConfig, "model"), build(DataConfig, "data"), build(OptimConfig, "train")
+        )
 
     def to_dict(self) -> dict:
         return {"model": asdict(self.model), "data": asdict(self.data), "train": asdict(self.train)}
@@ -105,7 +107,9 @@ class PatchStream:
     def __init__(self, cfg: TrainConfig, rng: np.random.Generator, brains: list | None = None):
         self.cfg = cfg
         self.rng = rng
-        self.brains = brains if brains is not None else [load_brain(n) for n in cfg.data.train_brains]
+        self.brains = (
+            brains if brains is not None else [load_brain(n) for n in cfg.data.train_brains]
+        )
         d = cfg.data
         self.settings = DrawSettings(
             factor=cfg.model.factor,
@@ -165,9 +169,15 @@ def validation_set(cfg: TrainConfig, seed: int = 1234) -> tuple[torch.Tensor, to
     for name in cfg.data.val_brains:
         low, high = simulate_pair(load_brain(name), settings, rng, axis=2, snr=profile.snr_mean)
         x, y = sample_patches(
-            low, high, cfg.model.factor, per, rng,
-            in_plane=cfg.data.patch_in_plane, out_slices=cfg.data.patch_in_plane,
-            min_foreground=cfg.data.min_foreground, flips=False,
+            low,
+            high,
+            cfg.model.factor,
+            per,
+            rng,
+            in_plane=cfg.data.patch_in_plane,
+            out_slices=cfg.data.patch_in_plane,
+            min_foreground=cfg.data.min_foreground,
+            flips=False,
         )
         xs.append(x)
         ys.append(y)
@@ -180,8 +190,13 @@ def validate(model: AnisoUNet, x: torch.Tensor, y: torch.Tensor) -> dict[str, fl
     from models.aniso_unet import upsample_slices_linear
 
     model.eval()
-    mse = float(sum(F.mse_loss(model(x[i : i + 8]), y[i : i + 8], reduction="sum")
-                    for i in range(0, len(x), 8)) / y.numel())
+    mse = float(
+        sum(
+            F.mse_loss(model(x[i : i + 8]), y[i : i + 8], reduction="sum")
+            for i in range(0, len(x), 8)
+        )
+        / y.numel()
+    )
     base = float(F.mse_loss(upsample_slices_linear(x, model.config.factor), y))
     model.train()
     return {
@@ -221,8 +236,13 @@ def plot_curves(history: dict, path: Path) -> None:
 def _progress(total: int, initial: int):  # type: ignore[no-untyped-def]
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, dynamic_ncols=True, mininterval=1.0 if
-                sys.stderr.isatty() else 30.0, desc="train")
+    return tqdm(
+        total=total,
+        initial=initial,
+        dynamic_ncols=True,
+        mininterval=1.0 if sys.stderr.isatty() else 30.0,
+        desc="train",
+    )
 
 
 def train(
@@ -247,8 +267,14 @@ def train(
     model = AnisoUNet(cfg.model).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=t.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, t))
-    history: dict = {"step": [], "loss": [], "val_step": [], "val_psnr": [],
-                     "val_psnr_linear": [], "seconds": 0.0}
+    history: dict = {
+        "step": [],
+        "loss": [],
+        "val_step": [],
+        "val_psnr": [],
+        "val_psnr_linear": [],
+        "seconds": 0.0,
+    }
     start = 0
     ckpt_path = out / "checkpoint.pt"
     if resume and ckpt_path.exists():
@@ -270,12 +296,19 @@ def train(
 
     def save(step: int) -> None:
         history["seconds"] = time.time() - began
-        torch.save({
-            "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "history": history, "step": step,
-            "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-            "config": cfg.to_dict(),
-        }, ckpt_path)
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "history": history,
+                "step": step,
+                "numpy_rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(),
+                "config": cfg.to_dict(),
+            },
+            ckpt_path,
+        )
         (out / "history.json").write_text(json.dumps(history))
 
     model.train()
@@ -295,17 +328,21 @@ def train(
                 bar.update(1)
                 bar.set_postfix(loss=f"{history['loss'][-1]:.2e}")
             if (step + 1) % t.log_every == 0:
-                recent = float(np.mean(history["loss"][-t.log_every:]))
-                log.write(f"step {step + 1} loss {recent:.4e} lr {sched.get_last_lr()[0]:.2e} "
-                          f"elapsed {time.time() - began:.0f}s\n")
+                recent = float(np.mean(history["loss"][-t.log_every :]))
+                log.write(
+                    f"step {step + 1} loss {recent:.4e} lr {sched.get_last_lr()[0]:.2e} "
+                    f"elapsed {time.time() - began:.0f}s\n"
+                )
                 log.flush()
             if len(vx) and ((step + 1) % t.val_every == 0 or step + 1 == t.steps):
                 v = validate(model, vx, vy)
                 history["val_step"].append(step + 1)
                 for key in ("val_psnr", "val_psnr_linear"):
                     history[key].append(v[key])
-                log.write(f"step {step + 1} val_psnr {v['val_psnr']:.2f} dB "
-                          f"(linear {v['val_psnr_linear']:.2f} dB)\n")
+                log.write(
+                    f"step {step + 1} val_psnr {v['val_psnr']:.2f} dB "
+                    f"(linear {v['val_psnr_linear']:.2f} dB)\n"
+                )
                 log.flush()
             if (step + 1) % t.checkpoint_every == 0:
                 save(step + 1)
@@ -319,8 +356,14 @@ def train(
             bar.close()
         save(step)
         history["steps_done"] = step
-        torch.save({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "config": cfg.to_dict(),
-                    "history": history}, out / "model.pt")
+        torch.save(
+            {
+                "model": {k: v.cpu() for k, v in model.state_dict().items()},
+                "config": cfg.to_dict(),
+                "history": history,
+            },
+            out / "model.pt",
+        )
         (out / "history.json").write_text(json.dumps(history))
         plot_curves(history, out / "curves.png")
         log.close()

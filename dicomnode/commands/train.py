@@ -1,0 +1,50 @@
+"""``dicomnode train CONFIG``: train the ANISO U-Net on simulated low-field draws.
+
+Never run by the node or the tests; a person runs it on a workstation (GPU if present, else CPU
+threads from the config). Heavy imports (torch) happen only when the command runs, so the rest
+of the CLI stays quick to start.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def train(
+    config: Annotated[
+        Path, typer.Argument(help="Training TOML, e.g. models/configs/t1_k4_reduced.toml.")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Run directory (checkpoints, curves, log).")
+    ] = Path("runs/train"),
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from OUT/checkpoint.pt.")
+    ] = False,
+    steps: Annotated[int | None, typer.Option("--steps", help="Override train.steps.")] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="Override train.threads.")
+    ] = None,
+) -> None:
+    """Train one factor's network; writes model.pt, history.json and curves.png into OUT."""
+    from models.train import TrainConfig
+    from models.train import train as run_training
+
+    if not config.exists():
+        raise typer.BadParameter(f"{config} does not exist", param_hint="CONFIG")
+    try:
+        cfg = TrainConfig.from_toml(config)
+    except (ValueError, TypeError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="CONFIG") from None
+    if steps is not None:
+        cfg.train.steps = steps
+    if threads is not None:
+        cfg.train.threads = threads
+    history = run_training(cfg, out, resume=resume)
+    last = history["val_psnr"][-1] if history["val_psnr"] else float("nan")
+    typer.echo(
+        f"done: {history.get('steps_done')} steps, {history['seconds'] / 60:.1f} min, "
+        f"held-out patch PSNR {last:.2f} dB; model in {out / 'model.pt'}"
+    )
