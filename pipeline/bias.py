@@ -115,7 +115,7 @@ def _antspy_log_field(image: sitk.Image, mask: sitk.Image, settings: N4Settings)
         mask=to_ants(sitk.Cast(mask, sitk.sitkFloat32)),
         shrink_factor=settings.shrink_in_plane,
         convergence={"iters": list(settings.iterations), "tol": settings.convergence_threshold},
-        spline_param=settings.control_points,
+        spline_param=[settings.control_points] * 3,  # a list means mesh size per axis
         return_bias_field=True,
     )
     array = np.log(np.maximum(field.numpy().transpose(2, 1, 0), 1e-6)).astype(np.float32)

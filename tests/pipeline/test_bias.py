@@ -33,19 +33,26 @@ def _residual_log_spread(image: sitk.Image, clean: sitk.Image, mask: np.ndarray)
     return float(np.std(ratio[mask]))
 
 
-def _check_flattened(result, clean, biased_image):
+def _check_flattened(result, clean, biased_image, applied):
+    """The residual shading shrinks to under half, and the field found is the field applied.
+
+    Not to zero: N4 also removes some of the template's own slow intensity variation, and the
+    Rician noise floor remains, so about 0.4 is what a working N4 reaches here.
+    """
     mask = sitk.GetArrayFromImage(head_mask(clean)) > 0
     before = _residual_log_spread(biased_image, clean, mask)
     after = _residual_log_spread(result.corrected, clean, mask)
-    assert after < 0.4 * before, (before, after)
+    assert after < 0.5 * before, (before, after)
+    found = sitk.GetArrayViewFromImage(result.log_field)[mask]
+    assert np.corrcoef(found, applied[mask])[0, 1] > 0.85
     assert result.corrected.GetSize() == biased_image.GetSize()  # full resolution
     assert result.log_field.GetSpacing() == biased_image.GetSpacing()
 
 
 def test_n4_flattens_an_applied_bias_field(biased):
-    clean, image, _ = biased
+    clean, image, applied = biased
     result = correct_bias(image, N4Settings(iterations=[20, 20, 10]))
-    _check_flattened(result, clean, image)
+    _check_flattened(result, clean, image, applied)
     # The field is centred on the head, so the source's intensity scale is kept.
     mask = sitk.GetArrayViewFromImage(result.mask) > 0
     ratio = np.median(sitk.GetArrayViewFromImage(result.corrected)[mask]) / np.median(
@@ -64,6 +71,6 @@ def test_shrink_is_in_plane_only_for_thick_slices(biased):
 
 @pytest.mark.skipif(importlib.util.find_spec("ants") is None, reason="ANTsPy not installed")
 def test_antspy_backend_flattens_too(biased):
-    clean, image, _ = biased
+    clean, image, applied = biased
     result = correct_bias(image, N4Settings(backend="antspy", iterations=[20, 20, 10]))
-    _check_flattened(result, clean, image)
+    _check_flattened(result, clean, image, applied)
