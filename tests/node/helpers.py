@@ -11,8 +11,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.conftest import free_port
-
 BIN = Path(sys.executable).with_name("dicomnode")
 
 DEFAULT_RULES = """
@@ -58,7 +56,7 @@ class RunningNode:
 ae_title = "IQTNODE"
 port = {self.port}
 bind_address = "127.0.0.1"
-data_dir = "{self.workdir / 'data'}"
+data_dir = "{self.workdir / "data"}"
 http_port = 0
 min_free_mb = {self.min_free_mb}
 {db_line}
@@ -169,5 +167,7 @@ def storescu(
         env={**os.environ, "TCP_NODELAY": "1"},
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"storescu failed ({result.returncode}):\n{result.stderr}\n{result.stdout}")
+        raise AssertionError(
+            f"storescu failed ({result.returncode}):\n{result.stderr}\n{result.stdout}"
+        )
     return result

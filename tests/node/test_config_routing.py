@@ -45,7 +45,7 @@ def test_config_check_accepts_the_design_example(tmp_path):
 
 def test_config_check_names_every_bad_key(tmp_path):
     bad = (
-        GOOD.replace('port = 11112', 'port = 70000')
+        GOOD.replace("port = 11112", "port = 70000")
         .replace('destinations = ["pacs"]', 'destinations = ["archive"]')
         .replace('ae_title = "PACS"', 'ae_title = "THIS_TITLE_IS_TOO_LONG"\ncolour = "blue"')
     )

@@ -62,7 +62,9 @@ def _send(intake: Intake, assembler: SeriesAssembler, datasets, calling="SCANNER
     statuses = []
     for ds in datasets:
         outcome = intake.receive(
-            Received(_encoded(ds), MRImageStorage, str(ds.SOPInstanceUID), calling, "127.0.0.1", "a1")
+            Received(
+                _encoded(ds), MRImageStorage, str(ds.SOPInstanceUID), calling, "127.0.0.1", "a1"
+            )
         )
         statuses.append(outcome.status)
         if outcome.series_id is not None and not outcome.duplicate:
@@ -71,7 +73,9 @@ def _send(intake: Intake, assembler: SeriesAssembler, datasets, calling="SCANNER
 
 
 def _small(seed: int, announce: bool = True):  # type: ignore[no-untyped-def]
-    datasets = build_series(Acquisition(rows=64, columns=64, pixel_spacing=3.6, slices=8, seed=seed))
+    datasets = build_series(
+        Acquisition(rows=64, columns=64, pixel_spacing=3.6, slices=8, seed=seed)
+    )
     if not announce:
         for ds in datasets:
             del ds.ImagesInAcquisition
@@ -159,8 +163,6 @@ def test_retention_spares_unfinished_jobs(stack):
         kept = session.scalars(select(Series).where(Series.state == "complete")).one()
         gone = session.scalars(select(Series).where(Series.state == "ignored")).one()
         assert kept.purged_at is None and gone.purged_at is not None
-        paths = dict(
-            session.execute(select(Instance.series_id, Instance.path)).all()
-        )
+        paths = dict(session.execute(select(Instance.series_id, Instance.path)).all())
         assert paths[gone.id] is None and Path(paths[kept.id]).exists()
     assert purge(database, days=7, now=dt.datetime.now(dt.UTC)) == 0

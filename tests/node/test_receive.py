@@ -46,9 +46,12 @@ def test_series_completes_by_count_and_job_is_queued(node, brain, tmp_path):
     sent = {pydicom.dcmread(f).SOPInstanceUID: f.read_bytes() for f in files}
     for sop_uid, path in stored:
         # the spool keeps the dataset exactly as sent (storescu sends it unchanged)
-        assert pydicom.dcmread(path).PixelData == pydicom.dcmread(
-            [f for f in files if pydicom.dcmread(f).SOPInstanceUID == sop_uid][0]
-        ).PixelData
+        assert (
+            pydicom.dcmread(path).PixelData
+            == pydicom.dcmread(
+                [f for f in files if pydicom.dcmread(f).SOPInstanceUID == sop_uid][0]
+            ).PixelData
+        )
     assert set(sent) == {uid for uid, _ in stored}
 
 
@@ -85,7 +88,9 @@ def test_late_instance_reopens_and_supersedes(node, brain, tmp_path):
     storescu(node.port, files[:-1])
     node.wait_for(lambda: [j for j in node.jobs() if j["state"] == "queued"], what="first job")
     storescu(node.port, files[-1:])
-    jobs = node.wait_for(lambda: (lambda js: js if len(js) == 2 else None)(node.jobs()), what="2nd job")
+    jobs = node.wait_for(
+        lambda: (lambda js: js if len(js) == 2 else None)(node.jobs()), what="2nd job"
+    )
     by_id = {j["id"]: j for j in jobs}
     newest, oldest = max(by_id), min(by_id)
     assert by_id[newest]["state"] == "queued"

@@ -65,7 +65,9 @@ def compressed(tmp_path_factory, brain) -> dict[str, tuple[Path, Path, bool, str
 def _eight_bit_copy(source: Path, target: Path) -> Path:
     """JPEG baseline is 8-bit only; scanners send it for 8-bit secondary data."""
     ds = pydicom.dcmread(source)
-    pixels = (ds.pixel_array.astype(np.float32) / max(ds.pixel_array.max(), 1) * 255).astype(np.uint8)
+    pixels = (ds.pixel_array.astype(np.float32) / max(ds.pixel_array.max(), 1) * 255).astype(
+        np.uint8
+    )
     ds.BitsAllocated = ds.BitsStored = 8
     ds.HighBit = 7
     ds.PixelData = pixels.tobytes()
@@ -96,6 +98,8 @@ def test_every_compressed_syntax_round_trips(tmp_path, compressed):
             assert stored.file_meta.TransferSyntaxUID == syntax, name
             assert np.array_equal(stored.pixel_array, sent_ds.pixel_array), name
             if lossless:
-                assert np.array_equal(stored.pixel_array, pydicom.dcmread(original).pixel_array), name
+                assert np.array_equal(stored.pixel_array, pydicom.dcmread(original).pixel_array), (
+                    name
+                )
     finally:
         node.stop()

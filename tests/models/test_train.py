@@ -1,0 +1,63 @@
+"""Training: a tiny model's loss falls over a few steps; checkpoints resume; config checks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from models.aniso_unet import UNetConfig
+from models.train import DataConfig, OptimConfig, TrainConfig, lr_factor, train
+
+
+def _config(steps: int) -> TrainConfig:
+    return TrainConfig(
+        model=UNetConfig(factor=4, base_filters=2, levels=4),
+        data=DataConfig(train_brains=[], val_brains=[], draws_per_brain=1, patches_per_draw=32,
+                        slice_axes=[2]),
+        train=OptimConfig(steps=steps, batch_size=4, lr=3e-3, warmup_steps=1, val_every=1000,
+                          checkpoint_every=5, log_every=5),
+    )
+
+
+def test_tiny_model_loss_falls(tmp_path, phantom_brain) -> None:  # type: ignore[no-untyped-def]
+    hist = train(_config(30), tmp_path / "run", brains=[phantom_brain],
+                 val=(torch.empty(0), torch.empty(0)), progress=False)
+    loss = np.asarray(hist["loss"])
+    assert len(loss) == 30
+    assert loss[-5:].mean() < 0.75 * loss[:5].mean()
+    for name in ("checkpoint.pt", "model.pt", "history.json", "curves.png", "train.log"):
+        assert (tmp_path / "run" / name).exists()
+
+
+def test_resume_continues_from_checkpoint(tmp_path, phantom_brain) -> None:  # type: ignore[no-untyped-def]
+    empty = (torch.empty(0), torch.empty(0))
+    train(_config(5), tmp_path, brains=[phantom_brain], val=empty, progress=False)
+    hist = train(_config(8), tmp_path, resume=True, brains=[phantom_brain], val=empty,
+                 progress=False)
+    assert hist["step"] == list(range(8))
+    assert json.loads((tmp_path / "history.json").read_text())["steps_done"] == 8
+
+
+def test_config_files_parse_and_reject_unknown_keys(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from pathlib import Path
+
+    configs = sorted(Path("models/configs").glob("*.toml"))
+    assert len(configs) == 4
+    for path in configs:
+        cfg = TrainConfig.from_toml(path)
+        cfg.model.validate()
+        assert set(cfg.data.val_brains).isdisjoint(cfg.data.train_brains)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model]\nfactor = 4\nwidth = 3\n")
+    with pytest.raises(ValueError, match="width"):
+        TrainConfig.from_toml(bad)
+
+
+def test_schedule_warms_up_then_decays() -> None:
+    cfg = OptimConfig(steps=100, warmup_steps=10)
+    assert lr_factor(0, cfg) == pytest.approx(0.1)
+    assert lr_factor(9, cfg) == pytest.approx(1.0)
+    assert lr_factor(99, cfg) < 0.1
