@@ -123,3 +123,9 @@ def test_list_pattern_needs_every_item():
     )
     assert not route(rules, {"ImageType": ["ORIGINAL", "PRIMARY", "M"]}).ignored
     assert route(rules, {"ImageType": ["ORIGINAL", "SECONDARY"]}).ignored
+
+
+def test_shipped_example_configuration_is_valid():
+    example = Path(__file__).resolve().parents[2] / "examples" / "dicomnode.toml"
+    result = subprocess.run([str(BIN), "config", "check", str(example)], capture_output=True)
+    assert result.returncode == 0, result.stderr

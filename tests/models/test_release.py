@@ -1,0 +1,81 @@
+"""Released weights: sha256 is checked on load; the engine built from them honours the contract."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.aniso_unet import AnisoUNet, UNetConfig
+from models.engine import ThroughPlaneEngine
+from models.iqt_engine import IQTEngine
+from models.release import (
+    WeightsIntegrityError,
+    file_name,
+    load_released,
+    load_weights,
+    read_manifest,
+    save_weights,
+    sha256_file,
+    weights_dir,
+)
+
+
+def _tiny_release(directory: Path, factors: tuple[int, ...] = (4, 8)) -> None:
+    manifest: dict = {"models": {}}
+    for k in factors:
+        torch.manual_seed(k)
+        net = AnisoUNet(UNetConfig(factor=k, base_filters=2, residual_input=True))
+        sha = save_weights(net, directory / file_name(k), {"name": "iqt-t1", "version": "test"})
+        manifest["models"][file_name(k)] = {"factor": k, "version": "test", "sha256": sha}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_roundtrip_and_tamper_detection(tmp_path: Path) -> None:
+    _tiny_release(tmp_path, (4,))
+    net, entry = load_released(4, tmp_path)
+    assert net.config.factor == 4 and entry["sha256"] == sha256_file(tmp_path / file_name(4))
+    data = bytearray((tmp_path / file_name(4)).read_bytes())
+    data[-3] ^= 0xFF
+    (tmp_path / file_name(4)).write_bytes(bytes(data))
+    with pytest.raises(WeightsIntegrityError, match="sha256"):
+        load_released(4, tmp_path)
+    with pytest.raises(FileNotFoundError):
+        load_released(8, tmp_path)
+
+
+def test_engine_contract_on_tiny_release(tmp_path: Path) -> None:
+    _tiny_release(tmp_path)
+    engine = IQTEngine.from_release(tmp_path)
+    assert isinstance(engine, ThroughPlaneEngine)
+    assert engine.supported_factors == (4, 8)
+    assert engine.info.name == "iqt-t1" and len(engine.info.weights_sha256 or "") == 64
+    vol = np.random.default_rng(0).random((6, 40, 36)).astype(np.float32) * 500.0
+    res = engine.upsample(vol, 8)
+    assert res.volume.shape == (48, 40, 36) and res.volume.dtype == np.float32
+    assert res.consistency_psnr_db is not None and np.isfinite(res.consistency_psnr_db)
+    assert res.notes["weights_file_sha256"] == read_manifest(tmp_path)["models"][file_name(8)][
+        "sha256"
+    ]
+    # Output is on the caller's scale: a zero-initialised residual head gives back the linear
+    # interpolation of the input, whose slice means match the input's.
+    assert res.volume.mean() == pytest.approx(vol.mean(), rel=0.02)
+    with pytest.raises(ValueError, match="factors"):
+        engine.upsample(vol, 2)
+
+
+def test_shipped_weights_verify_and_load() -> None:
+    manifest = read_manifest()
+    if not manifest["models"]:
+        pytest.skip("no weights released yet")
+    assert {e["factor"] for e in manifest["models"].values()} >= {4, 8}
+    for name, entry in manifest["models"].items():
+        path = weights_dir() / name
+        assert path.stat().st_size < 8_000_000, "released weight files must stay small"
+        assert sha256_file(path) == entry["sha256"]
+        net = load_weights(path, entry["sha256"])
+        assert net.config.factor == entry["factor"]
+        assert (weights_dir() / name.replace(".safetensors", ".md")).exists()
