@@ -43,6 +43,7 @@ class RunningNode:
     min_free_mb: float = 1.0
     accept: str = ""
     rules: str = DEFAULT_RULES
+    node_extra: str = ""
     process: subprocess.Popen | None = None
     log_path: Path = field(init=False)
 
@@ -60,6 +61,7 @@ data_dir = "{self.workdir / "data"}"
 http_port = 0
 min_free_mb = {self.min_free_mb}
 {db_line}
+{self.node_extra}
 
 [node.accept]
 {self.accept}
