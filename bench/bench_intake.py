@@ -40,6 +40,7 @@ def start_orthanc(folder: Path) -> tuple[subprocess.Popen, int]:
         "RemoteAccessAllowed": False,
         "AuthenticationEnabled": False,
         "DicomCheckCalledAet": False,
+        "SyncStorageArea": True,  # fdatasync per stored file, like our fsync discipline
         "Plugins": [],
     }
     (folder / "orthanc.json").write_text(json.dumps(config))

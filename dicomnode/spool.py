@@ -1,4 +1,4 @@
-"""Durable storage of received instances: temp file, fsync, rename, fsync of the directory.
+"""Durable storage of received instances: temp file, fdatasync, rename, fsync of the directory.
 
 Only after all four steps may the node answer Success, so that an acknowledged instance survives
 a crash or a power cut. The free-space floor is checked first, because a nearly full disk also
@@ -59,7 +59,7 @@ def write_durably(target: Path, data: bytes, tmp_dir: Path) -> None:
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            os.fsync(fd)
+            os.fdatasync(fd)  # data and size; the name is made durable by the directory sync
         finally:
             os.close(fd)
         new_dir = not target.parent.exists()
