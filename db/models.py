@@ -158,3 +158,47 @@ class QuarantinedObject(Base):
 
 
 Index("ix_jobs_series_state", Job.series_id, Job.state)
+
+
+class DeliveryState:
+    PENDING = "pending"  # waiting for its next attempt (next_attempt_at)
+    SENT = "sent"  # success or warning status (see last_status / last_error)
+    FAILED = "failed"  # gave up after max_attempts; `jobs retry` re-arms it
+
+    TERMINAL = (SENT, FAILED)
+
+
+class Delivery(Base):
+    """The durable outbox: one row per instance and destination of a job.
+
+    The retry schedule (attempts, next_attempt_at) lives here, so it survives restarts.
+    """
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(128))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default=DeliveryState.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_attempt_at: Mapped[dt.datetime | None]
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    converted: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[dt.datetime | None]
+
+
+Index("ix_deliveries_due", Delivery.destination, Delivery.state, Delivery.next_attempt_at)
+Index(
+    "ux_deliveries_job_instance_destination",
+    Delivery.job_id,
+    Delivery.sop_instance_uid,
+    Delivery.destination,
+    unique=True,
+)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from dicomnode.commands import demo, node_admin, records
+from dicomnode.commands import demo, node_admin, records, status
 from dicomnode.commands.enhance import enhance
 from dicomnode.commands.evaluate import evaluate
 from dicomnode.commands.simulate import simulate
@@ -19,6 +19,7 @@ app = typer.Typer(
 # --- command registration (one line per command) ---
 app.command("serve")(node_admin.serve)
 app.command("echo")(node_admin.echo)
+app.command("status")(status.status)
 app.command("demo")(demo.demo)
 app.command("enhance")(enhance)
 app.command("train")(train)

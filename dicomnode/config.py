@@ -104,6 +104,30 @@ class RetentionSettings(_Strict):
     check_interval_seconds: float = Field(default=3600.0, gt=0)
 
 
+class DeliverySettings(_Strict):
+    """The outbox's retry schedule and the sender's timeouts."""
+
+    max_attempts: int = Field(default=10, ge=1)
+    initial_backoff_seconds: float = Field(default=30.0, gt=0)
+    max_backoff_seconds: float = Field(default=3600.0, gt=0)
+    poll_interval_seconds: float = Field(default=0.5, gt=0)
+    batch_size: int = Field(default=500, ge=1)
+    connect_timeout_seconds: float = Field(default=10.0, gt=0)
+    dimse_timeout_seconds: float = Field(default=60.0, gt=0)
+    stop_timeout_seconds: float = Field(default=20.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DeliverySettings:
+        if self.max_backoff_seconds < self.initial_backoff_seconds:
+            raise ValueError("max_backoff_seconds: must not be below initial_backoff_seconds")
+        return self
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds to wait after the ``attempts``-th failed attempt (1, 2, ...)."""
+        exponent = min(max(attempts - 1, 0), 60)
+        return min(self.max_backoff_seconds, self.initial_backoff_seconds * 2.0**exponent)
+
+
 class Destination(_Strict):
     name: str = Field(min_length=1)
     ae_title: AETitle
@@ -140,6 +164,7 @@ class Config(_Strict):
     node: NodeSettings = Field(default_factory=NodeSettings)
     completion: CompletionSettings = Field(default_factory=CompletionSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     destinations: list[Destination] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)
     pipeline: dict[str, Any] = Field(default_factory=dict)

@@ -4,22 +4,25 @@ the background monitor (quiet-period completion, retention). ``serve`` and the t
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
 
 import pydicom
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from db.migrate import upgrade
 from db.models import Instance
 from db.session import Database
 from dicomnode.assembly import SeriesAssembler
 from dicomnode.config import Config
+from dicomnode.delivery import DeliveryService
+from dicomnode.http import HealthServer
 from dicomnode.intake import Intake, Received
 from dicomnode.retention import purge
 from dicomnode.scp import StoreSCP
-from dicomnode.spool import SpoolLayout, clean_tmp
+from dicomnode.spool import SpoolLayout, clean_tmp, free_bytes
 
 log = logging.getLogger("dicomnode.node")
 
@@ -40,6 +43,9 @@ class Node:
             self.database, config.rules, config.completion.quiet_seconds
         )
         self.scp = StoreSCP(config, self.intake, self.assembler)
+        self.delivery = DeliveryService(self.database, config)
+        self.http = HealthServer(self)
+        self.http_port: int | None = None
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
 
@@ -56,15 +62,54 @@ class Node:
                 "spooled files missing from the database re-recorded", extra={"count": adopted}
             )
         self.scp.start()
+        self.delivery.start()
         self._monitor = threading.Thread(target=self._monitor_loop, name="monitor", daemon=True)
         self._monitor.start()
+        self.http_port = self.http.start()
 
     def stop(self) -> None:
+        """Stop accepting associations, then let delivery commit what is in flight."""
         self._stop.set()
         self.scp.stop()
+        self.http.stop()
+        if not self.delivery.stop():
+            log.warning("delivery did not stop in time; unrecorded sends will be repeated")
         if self._monitor is not None:
             self._monitor.join(timeout=10)
         self.database.dispose()
+
+    def health(self) -> dict[str, object]:
+        """What /healthz and the systemd watchdog look at; ``healthy`` when every check holds."""
+        checks: dict[str, object] = {}
+        try:
+            with self.database.session() as session:
+                session.execute(text("SELECT 1"))
+            checks["database"] = True
+        except Exception as exc:  # noqa: BLE001
+            checks["database"] = f"{type(exc).__name__}: {exc}"
+        try:
+            probe = self.layout.root / ".tmp" / f"healthz-{os.getpid()}.probe"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+            checks["spool_writable"] = True
+        except OSError as exc:
+            checks["spool_writable"] = f"{exc.strerror or exc}"
+        try:
+            free = free_bytes(self.layout.root)
+            floor = int(self.config.node.min_free_mb * 2**20)
+            checks["free_disk"] = True if free > floor else f"{free // 2**20} MiB free, below floor"
+            checks["free_bytes"] = free
+        except OSError as exc:
+            checks["free_disk"] = str(exc)
+        workers = {
+            "monitor": self._monitor is not None and self._monitor.is_alive(),
+            **{f"delivery-{n}": alive for n, alive in self.delivery.alive().items()},
+        }
+        checks["workers"] = workers
+        healthy = all(
+            checks[k] is True for k in ("database", "spool_writable", "free_disk")
+        ) and all(workers.values())
+        return {"healthy": healthy, **checks}
 
     def recover_spool(self) -> int:
         """Record any spooled file the database lacks (e.g. a commit lost to a power cut)."""

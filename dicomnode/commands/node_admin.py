@@ -21,9 +21,10 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 
 
 def serve(config: ConfigOption = None) -> None:
-    """Run the node: DICOM listener, series completion and routing (until SIGTERM/SIGINT)."""
+    """Run the node: DICOM listener, completion, routing, delivery (until SIGTERM/SIGINT)."""
     from dicomnode import logs
     from dicomnode.node import Node
+    from dicomnode.notify import notify, start_watchdog
 
     settings = load_or_exit(config)
     logs.configure(settings.node.log_level, settings.node.log_format)
@@ -41,8 +42,18 @@ def serve(config: ConfigOption = None) -> None:
     except Exception as exc:  # noqa: BLE001 - start-up problems must be readable
         log.exception("start-up failed")
         raise fail(f"start-up failed: {exc}") from None
-    log.info("node ready", extra={"port": node.scp.port, "ae_title": settings.node.ae_title})
+    log.info(
+        "node ready",
+        extra={
+            "port": node.scp.port,
+            "ae_title": settings.node.ae_title,
+            "http_port": node.http_port,
+        },
+    )
+    notify(f"READY=1\nSTATUS=listening on port {node.scp.port}")
+    start_watchdog(lambda: node.health()["healthy"], stop)
     stop.wait()
+    notify("STOPPING=1")
     node.stop()
     log.info("node stopped")
 

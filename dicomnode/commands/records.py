@@ -1,4 +1,4 @@
-"""``series list|show`` and ``jobs list|show|cancel``: what the node has received and decided."""
+"""``series list|show`` and ``jobs list|show|retry|cancel``: what the node received and decided."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from sqlalchemy import func, select
 
-from db.models import Instance, Job, JobEvent, Series, SeriesEvent
+from db.models import Delivery, Instance, Job, JobEvent, Series, SeriesEvent
 from dicomnode.commands.common import ConfigOption, JsonOption, emit, emit_one, fail, load_or_exit
 from dicomnode.jobs import JobError, cancel
 
@@ -157,7 +157,69 @@ def jobs_show(
                 select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
             )
         ]
+        row["deliveries"] = delivery_summary(session, job_id)
     emit_one(row, as_json)
+
+
+def delivery_summary(session, job_id: int) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
+    """Per destination and state: instances, attempts (max), last status and error."""
+    rows = session.execute(
+        select(
+            Delivery.destination,
+            Delivery.state,
+            func.count(),
+            func.max(Delivery.attempts),
+            func.sum(Delivery.attempts),
+            func.max(Delivery.last_attempt_at),
+        )
+        .where(Delivery.job_id == job_id)
+        .group_by(Delivery.destination, Delivery.state)
+        .order_by(Delivery.destination, Delivery.state)
+    ).all()
+    summary = []
+    for destination, state, count, max_attempts, total_attempts, last_attempt in rows:
+        last = session.scalars(
+            select(Delivery)
+            .where(
+                Delivery.job_id == job_id,
+                Delivery.destination == destination,
+                Delivery.state == state,
+            )
+            .order_by(Delivery.last_attempt_at.desc(), Delivery.id.desc())
+            .limit(1)
+        ).first()
+        summary.append(
+            {
+                "destination": destination,
+                "state": state,
+                "instances": count,
+                "max_attempts": max_attempts,
+                "attempts": total_attempts,
+                "last_attempt_at": last_attempt,
+                "last_status": None if last is None or last.last_status is None
+                else f"0x{last.last_status:04X}",
+                "last_error": None if last is None else last.last_error,
+            }
+        )
+    return summary
+
+
+@jobs_app.command("retry")
+def jobs_retry(
+    job_id: Annotated[int, typer.Argument(help="Job id.")],
+    config: ConfigOption = None,
+) -> None:
+    """Re-arm a failed job: its undelivered instances are sent again at once (by the node)."""
+    from dicomnode.delivery import retry
+
+    database = _database(config)
+    try:
+        with database.session() as session:
+            job, rearmed = retry(session, job_id)
+            state = job.state
+    except JobError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"job {job_id}: {state} ({rearmed} delivery(ies) re-armed)")
 
 
 @jobs_app.command("cancel")

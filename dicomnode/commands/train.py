@@ -27,6 +27,10 @@ def train(
     threads: Annotated[
         int | None, typer.Option("--threads", help="Override train.threads.")
     ] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option("--init-from", help="Start from this model.pt (fine-tuning stage)."),
+    ] = None,
 ) -> None:
     """Train one factor's network; writes model.pt, history.json and curves.png into OUT."""
     from models.train import TrainConfig
@@ -42,6 +46,10 @@ def train(
         cfg.train.steps = steps
     if threads is not None:
         cfg.train.threads = threads
+    if init_from is not None:
+        if not init_from.exists():
+            raise typer.BadParameter(f"{init_from} does not exist", param_hint="--init-from")
+        cfg.train.init_from = str(init_from)
     history = run_training(cfg, out, resume=resume)
     last = history["val_psnr"][-1] if history["val_psnr"] else float("nan")
     typer.echo(

@@ -1,0 +1,129 @@
+"""HTTP on loopback (``[node] http_address:http_port``): ``/healthz`` and Prometheus ``/metrics``.
+
+``/healthz`` answers 200 with the checks as JSON when the database is reachable, the spool is
+writable, free disk is above the floor and every worker thread is alive; 503 otherwise.
+``/metrics`` reads counts from the database at scrape time (so they survive restarts) and adds
+the in-process delivery latency histogram.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from sqlalchemy import func, select
+
+from db.models import Delivery, Instance, Job, Series, SeriesState
+from dicomnode.delivery import DELIVERY_SECONDS
+
+if TYPE_CHECKING:
+    from dicomnode.node import Node
+
+log = logging.getLogger("dicomnode.http")
+
+
+class NodeCollector:
+    def __init__(self, node: Node):
+        self.node = node
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        database = self.node.database
+        with database.session() as session:
+            instances = session.scalar(select(func.count()).select_from(Instance)) or 0
+            completed = (
+                session.scalar(
+                    select(func.count()).where(
+                        Series.state.in_([SeriesState.COMPLETE, SeriesState.IGNORED])
+                    )
+                )
+                or 0
+            )
+            jobs = session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
+            deliveries = session.execute(
+                select(Delivery.destination, Delivery.state, func.count()).group_by(
+                    Delivery.destination, Delivery.state
+                )
+            ).all()
+        yield CounterMetricFamily(
+            "dicomnode_instances_received", "Instances stored by the SCP", value=instances
+        )
+        yield CounterMetricFamily(
+            "dicomnode_series_completed", "Series completed (routed or ignored)", value=completed
+        )
+        family = GaugeMetricFamily("dicomnode_jobs", "Jobs by state", labels=["state"])
+        for state, count in jobs:
+            family.add_metric([state], count)
+        yield family
+        family = GaugeMetricFamily(
+            "dicomnode_deliveries",
+            "Outbox rows (instance x destination) by destination and state",
+            labels=["destination", "state"],
+        )
+        for destination, state, count in deliveries:
+            family.add_metric([destination, state], count)
+        yield family
+        health = self.node.health()
+        yield GaugeMetricFamily(
+            "dicomnode_free_disk_bytes",
+            "Free bytes on the spool's filesystem",
+            value=float(health.get("free_bytes", 0) or 0),  # type: ignore[arg-type]
+        )
+        yield GaugeMetricFamily(
+            "dicomnode_healthy", "1 when /healthz passes", value=1.0 if health["healthy"] else 0.0
+        )
+
+
+class HealthServer:
+    def __init__(self, node: Node):
+        self.node = node
+        self.registry = CollectorRegistry()
+        self.registry.register(NodeCollector(node))
+        self.registry.register(DELIVERY_SECONDS)
+        self._server: ThreadingHTTPServer | None = None
+
+    def start(self) -> int:
+        settings = self.node.config.node
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                try:
+                    if self.path.split("?")[0] == "/healthz":
+                        health = owner.node.health()
+                        body = json.dumps(health, default=str).encode()
+                        self._answer(200 if health["healthy"] else 503, body, "application/json")
+                    elif self.path.split("?")[0] == "/metrics":
+                        self._answer(200, generate_latest(owner.registry), CONTENT_TYPE_LATEST)
+                    else:
+                        self._answer(404, b"not found\n", "text/plain")
+                except Exception as exc:  # noqa: BLE001
+                    log.exception("http handler failed")
+                    self._answer(500, f"{type(exc).__name__}\n".encode(), "text/plain")
+
+            def _answer(self, code: int, body: bytes, content_type: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer((settings.http_address, settings.http_port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="http", daemon=True).start()
+        port = int(self._server.server_address[1])
+        log.info("http listening", extra={"address": settings.http_address, "http_port": port})
+        return port
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

@@ -1,0 +1,226 @@
+"""Forward rules end to end: storescu -> ``dicomnode serve`` -> Orthanc, checked through its REST
+API; destinations down and coming up, restarts with retries pending, failure statuses, SIGTERM."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+from tests.conftest import free_port, require_tool
+from tests.delivery.helpers import (
+    dataset_body,
+    delivered_events,
+    forward_rules,
+    job_states,
+    query,
+    spooled,
+)
+from tests.delivery.orthanc import Orthanc
+from tests.node.helpers import RunningNode, storescu
+from tests.node.series_files import write_lowfield_series
+
+SMALL = {"rows": 64, "pixel_spacing": 3.6, "slices": 8}
+OUT_OF_RESOURCES = 0xA700
+
+
+@contextmanager
+def refusing_scp(port: int, status: int = OUT_OF_RESOURCES) -> Iterator[list[str]]:
+    """A storage SCP that answers every C-STORE with a failure status (Orthanc 1.10 cannot:
+    its ReceivedInstanceFilter drops instances but still answers Success)."""
+    seen: list[str] = []
+
+    def on_store(event):  # type: ignore[no-untyped-def]
+        seen.append(str(event.request.AffectedSOPInstanceUID))
+        return status
+
+    ae = AE(ae_title="PACS")
+    ae.supported_contexts = AllStoragePresentationContexts
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    try:
+        yield seen
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _tools() -> None:
+    require_tool("storescu")
+
+
+def _node(tmp_path: Path, destinations: dict[str, int], **delivery: object) -> RunningNode:
+    return RunningNode(
+        tmp_path / "node", free_port(), rules=forward_rules(destinations, **delivery)
+    )
+
+
+def _wait_job(node: RunningNode, state: str, timeout: float = 30.0) -> dict:
+    return node.wait_for(
+        lambda: next((j for j in node.jobs() if j["state"] == state), None),
+        timeout=timeout,
+        what=f"a job in state {state}",
+    )
+
+
+def test_forward_arrives_complete_and_byte_identical(tmp_path, brain, orthanc):
+    node = _node(tmp_path, {"pacs": orthanc.dicom_port}).start()
+    try:
+        files = write_lowfield_series(brain, tmp_path / "s", seed=31)
+        storescu(node.port, files)
+        job = _wait_job(node, "delivered")
+        assert job["action"] == "forward"
+        stored = orthanc.instances()
+        assert len(stored) == len(files) == 30
+        spool = spooled(node)
+        assert set(stored) == set(spool)
+        for path in files:
+            sent = dataset_body(path.read_bytes())
+            uid = next(u for u, p in spool.items() if dataset_body(p.read_bytes()) == sent)
+            # the dataset Orthanc stored is, byte for byte, the one the scanner sent
+            assert dataset_body(orthanc.file(stored[uid])) == sent
+        rows = query(node, "select state, attempts, last_status, converted from deliveries")
+        assert rows == [("sent", 1, 0, 0)] * 30
+        show = node.json_lines("jobs", "show", str(job["id"]))[0]
+        assert [e["to"] for e in show["events"]][-2:] == ["stored", "delivered"]
+        assert show["deliveries"][0]["instances"] == 30
+    finally:
+        node.stop()
+
+
+def test_down_destination_never_blocks_the_other_and_gets_everything_later(
+    tmp_path, brain, orthanc
+):
+    down = Orthanc(tmp_path / "second", aet="SECOND")  # its port has nothing listening yet
+    node = _node(tmp_path, {"pacs": orthanc.dicom_port, "second": down.dicom_port}).start()
+    try:
+        files = write_lowfield_series(brain, tmp_path / "s", seed=32, **SMALL)
+        storescu(node.port, files)
+        node.wait_for(lambda: orthanc.count() == len(files), what="the first PACS to fill")
+        node.wait_for(
+            lambda: (
+                query(node, "select min(attempts) from deliveries where destination = 'second'")[0][
+                    0
+                ]
+                >= 2
+            ),
+            what="retries to the down destination",
+        )
+        assert list(job_states(node).values()) == ["stored"]
+        errors = query(
+            node, "select distinct last_error from deliveries where destination='second'"
+        )
+        assert "association failed" in errors[0][0]
+        down.start()
+        try:
+            _wait_job(node, "delivered")
+            assert down.count() == len(files)
+        finally:
+            down.stop()
+        assert len(delivered_events(node)) == 1
+        assert query(
+            node, "select count(*) from deliveries where state = 'sent' and last_status = 0"
+        ) == [(2 * len(files),)]
+    finally:
+        node.stop()
+
+
+def test_restart_with_a_retry_pending_delivers_once(tmp_path, brain):
+    pacs = Orthanc(tmp_path / "pacs")
+    node = _node(tmp_path, {"pacs": pacs.dicom_port}, initial_backoff=1.5, max_backoff=3)
+    node.start()
+    files = write_lowfield_series(brain, tmp_path / "s", seed=33, **SMALL)
+    try:
+        storescu(node.port, files)
+        node.wait_for(
+            lambda: query(node, "select min(attempts) from deliveries")[0][0] == 1,
+            what="a failed first attempt",
+        )
+    finally:
+        node.stop()
+    assert node.process.returncode == 0
+    pacs.start()
+    try:
+        node.start()
+        try:
+            _wait_job(node, "delivered")
+        finally:
+            node.stop()
+        assert pacs.count() == len(files)
+        assert query(node, "select state, attempts from deliveries") == [("sent", 2)] * len(files)
+        assert len(delivered_events(node)) == 1
+    finally:
+        pacs.stop()
+
+
+def test_failure_statuses_fail_the_job_and_retry_delivers_after_the_fix(tmp_path, brain):
+    pacs = Orthanc(tmp_path / "pacs")
+    node = _node(tmp_path, {"pacs": pacs.dicom_port}, max_attempts=2, initial_backoff=0.2)
+    node.start()
+    try:
+        files = write_lowfield_series(brain, tmp_path / "s", seed=34, **SMALL)
+        with refusing_scp(pacs.dicom_port) as seen:
+            storescu(node.port, files)
+            job = _wait_job(node, "failed")
+        assert len(seen) == 2 * len(files)  # every instance tried twice, as configured
+        assert "delivery failed after 2 attempt(s): 8 to pacs of 8" in job["reason"]
+        assert "status 0xA700" in job["reason"]
+        rows = query(node, "select state, attempts, last_status from deliveries")
+        assert rows == [("failed", 2, OUT_OF_RESOURCES)] * len(files)
+        pacs.start()  # the cause is fixed: the real PACS answers on that port
+        try:
+            result = node.cli("jobs", "retry", str(job["id"]))
+            assert result.returncode == 0, result.stderr
+            assert "8 delivery(ies) re-armed" in result.stdout
+            _wait_job(node, "delivered")
+            assert pacs.count() == len(files)
+        finally:
+            pacs.stop()
+        events = node.json_lines("jobs", "show", str(job["id"]))[0]["events"]
+        assert [e["to"] for e in events][-4:] == ["stored", "failed", "stored", "delivered"]
+        again = node.cli("jobs", "retry", str(job["id"]))
+        assert again.returncode == 1 and "only failed" in again.stderr
+    finally:
+        node.stop()
+
+
+def test_sigterm_during_a_transfer_loses_nothing(tmp_path, brain, orthanc):
+    node = _node(tmp_path, {"pacs": orthanc.dicom_port}).start()
+    files = []
+    for seed in range(4):
+        files += write_lowfield_series(brain, tmp_path / f"s{seed}", seed=40 + seed)
+    try:
+        # deliveries stay parked until all four series are in, then go out in one batch
+        query(node, "select 1")
+        storescu(node.port, files)
+        node.wait_for(
+            lambda: 0 < query(node, "select count(*) from deliveries where state='sent'")[0][0],
+            timeout=60,
+            what="the transfer to start",
+        )
+    finally:
+        started = time.monotonic()
+        node.stop()
+        stop_seconds = time.monotonic() - started
+    assert node.process.returncode == 0
+    assert stop_seconds < 15
+    states = dict(query(node, "select state, count(*) from deliveries group by state"))
+    assert "failed" not in states
+    sent = {u for (u,) in query(node, "select sop_instance_uid from deliveries where state='sent'")}
+    assert sent <= set(orthanc.instances())  # nothing recorded as sent is missing at the PACS
+    node.start()
+    try:
+        node.wait_for(
+            lambda: sorted(job_states(node).values()) == ["delivered"] * 4,
+            timeout=60,
+            what="all jobs delivered after the restart",
+        )
+    finally:
+        node.stop()
+    assert set(orthanc.instances()) == set(spooled(node)) and orthanc.count() == len(files)
+    assert len(delivered_events(node)) == 4
