@@ -9,54 +9,22 @@ storescu with TCP_NODELAY=1. One association, then four in parallel (one series 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.sample import Acquisition, build_series, load_brain, write_series  # noqa: E402
+from bench.common import write_bench_series  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
+from tests.delivery.orthanc import Orthanc  # noqa: E402
 from tests.node.helpers import RunningNode  # noqa: E402
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
-
-
-def start_orthanc(folder: Path) -> tuple[subprocess.Popen, int]:
-    dicom_port, http_port = free_port(), free_port()
-    config = {
-        "Name": "bench",
-        "StorageDirectory": str(folder / "storage"),
-        "IndexDirectory": str(folder / "index"),
-        "DicomAet": "ORTHANC",
-        "DicomPort": dicom_port,
-        "HttpPort": http_port,
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        "DicomCheckCalledAet": False,
-        "SyncStorageArea": True,  # fdatasync per stored file, like our fsync discipline
-        "Plugins": [],
-    }
-    (folder / "orthanc.json").write_text(json.dumps(config))
-    process = subprocess.Popen(
-        ["Orthanc", str(folder / "orthanc.json")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=ENV,
-    )
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{http_port}/system", timeout=1)
-            return process, dicom_port
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("Orthanc did not start")
 
 
 def send(port: int, aec: str, groups: list[list[Path]]) -> float:
@@ -87,27 +55,19 @@ def main() -> None:
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is required (apt-get install dcmtk orthanc)")
     work = Path(tempfile.mkdtemp(prefix="bench-intake-"))
-    brain = load_brain()
-    series = [
-        write_series(
-            build_series(Acquisition(rows=args.rows, columns=args.rows, seed=100 + i), brain),
-            work / f"s{i}",
-        )
-        for i in range(args.series)
-    ]
-    total = sum(len(s) for s in series)
-    flat = [f for s in series for f in s]
-    quarter = max(1, len(series) // 4)
-    four = [sum(series[i : i + quarter], []) for i in range(0, len(series), quarter)][:4]
+    data = write_bench_series(work / "series", args.series, args.rows, first_seed=100)
+    total = data.total
     results: dict[str, dict[str, float]] = {}
     for name in ("orthanc", "dicomnode"):
-        for label, groups in (("1 association", [flat]), ("4 associations", four)):
+        for label, groups in (
+            ("1 association", data.one_association),
+            ("4 associations", data.four_associations),
+        ):
             folder = work / f"{name}-{label[0]}"
             folder.mkdir()
             if name == "orthanc":
-                proc, port = start_orthanc(folder)
-                aec = "ORTHANC"
-                stop = proc.terminate
+                pacs = Orthanc(folder).start()  # SyncStorageArea defaults to true: fdatasync
+                port, aec, stop = pacs.dicom_port, pacs.aet, pacs.stop
             else:
                 node = RunningNode(folder, free_port(), min_free_mb=64).start()
                 port, aec, stop = node.port, "IQTNODE", node.stop

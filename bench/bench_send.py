@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pydicom  # noqa: E402
 from pynetdicom import AE  # noqa: E402
 
+from bench.common import write_bench_series  # noqa: E402
 from dicomnode.config import Destination  # noqa: E402
 from dicomnode.sender import FAILURE, Item, Sender  # noqa: E402
-from pipeline.sample import Acquisition, build_series, load_brain, write_series  # noqa: E402
 from tests.delivery.orthanc import Orthanc  # noqa: E402
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -131,18 +131,8 @@ def main() -> None:
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is required (apt-get install dcmtk orthanc)")
     work = Path(tempfile.mkdtemp(prefix="bench-send-"))
-    brain = load_brain()
-    series = [
-        write_series(
-            build_series(Acquisition(rows=args.rows, columns=args.rows, seed=200 + i), brain),
-            work / f"s{i}",
-        )
-        for i in range(args.series)
-    ]
-    total = sum(len(s) for s in series)
-    flat = [f for s in series for f in s]
-    quarter = max(1, len(series) // 4)
-    four = [sum(series[i : i + quarter], []) for i in range(0, len(series), quarter)][:4]
+    data = write_bench_series(work / "series", args.series, args.rows, first_seed=200)
+    total, flat, four = data.total, data.one_association[0], data.four_associations
     methods = {
         "storescu": storescu,
         "pynetdicom send_c_store": plain_pynetdicom,
