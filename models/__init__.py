@@ -1,1 +1,16 @@
-"""models package."""
+"""Machine learning for the node, free of DICOM and databases: plain arrays, slice axis 0.
+
+Modules, one job each (see models/README.md):
+
+- ``engine``: the ThroughPlaneEngine contract shared with the pipeline;
+- ``aniso_unet``: the ANISO U-Net (Lin et al. 2019);
+- ``profile`` + ``profiles/*.toml``: field-strength SNR profiles; ``simulate``: Algorithm 1;
+- ``brains``, ``tissue``: the wheel-shipped brains and their tissue maps;
+- ``augment``, ``patches``, ``train``: training; ``normalize``: the network's intensity scale;
+- ``infer``: tiled whole-volume prediction; ``trust``: data-consistency score;
+- ``baseline``: cubic B-spline; ``metrics``, ``evaluate``: held-out evaluation;
+- ``release``: safetensors weights with sha256 manifest and model cards;
+- ``iqt_engine``: ``IQTEngine``, the trained engine ``iqt-t1``.
+
+Nothing is imported here so that ``import models.engine`` stays free of torch.
+"""

@@ -3,7 +3,7 @@
 Why tiles: a 256x256x(30*k) output with 16 filters at full resolution needs several GB of
 activations; tiles bound memory whatever the volume size. Why large, fully convolutional tiles:
 the reference code predicted 32^3 patches and kept only their central 16^3 (7/8 of the compute
-thrown away); here a tile is e.g. 128x128 in-plane and all slices, neighbours overlap by a margin,
+thrown away); here a tile is e.g. 160x160 in-plane and all slices, neighbours overlap by a margin,
 and each tile's prediction is weighted by a window that is flat in the middle and falls smoothly
 (raised cosine) to almost zero at edges shared with another tile, so no seam is visible.
 At the volume's own borders the window stays flat; the volume is reflect-padded so the network
@@ -28,13 +28,17 @@ class TileSettings:
     """Tile size in *input* voxels (slices, rows, cols) and in-plane/slice overlaps.
 
     ``slices=0`` means all slices in one tile (typical: low-field series have 20-40 slices).
+    ``max_tile_voxels`` caps a tile's *output* voxels (the memory bound: at 8 base filters one
+    full-resolution activation is 32 bytes per output voxel); when the requested tile exceeds
+    it, the tile shape under the cap with the least total compute is used. 0: no cap.
     """
 
     slices: int = 0
-    rows: int = 128
-    cols: int = 128
+    rows: int = 160
+    cols: int = 160
     overlap_slices: int = 4
     overlap_in_plane: int = 32
+    max_tile_voxels: int = 4_000_000
 
 
 def _round_up(n: int, m: int) -> int:
@@ -49,6 +53,38 @@ def _starts(size: int, tile: int, overlap: int) -> list[int]:
     starts = list(range(0, size - tile, stride))
     starts.append(size - tile)
     return starts
+
+
+def _fit_tiles(
+    tiles: TileSettings,
+    k: int,
+    ms: int,
+    mp: int,
+    need: tuple[int, int, int],
+    start: tuple[int, int, int],
+) -> tuple[int, int, int]:
+    """The (slices, rows, cols) tile under the voxel cap that needs the least total compute.
+
+    Smaller tiles overlap more, so the search weighs the number of tiles against their size.
+    """
+    best: tuple[float, int, int, int] | None = None
+    min_s = _round_up(tiles.overlap_slices + ms, ms)
+    for t in range(max(64, mp), max(start[1], start[2]) + 1, mp):
+        tr, tc = min(t, start[1]), min(t, start[2])
+        for ts in range(min_s, start[0] + 1, ms):
+            if ts * k * tr * tc > tiles.max_tile_voxels:
+                break
+            count = (
+                len(_starts(max(ts, need[0]), ts, tiles.overlap_slices))
+                * len(_starts(max(tr, need[1]), tr, tiles.overlap_in_plane))
+                * len(_starts(max(tc, need[2]), tc, tiles.overlap_in_plane))
+            )
+            cost = count * ts * tr * tc
+            if best is None or cost < best[0]:
+                best = (cost, ts, tr, tc)
+    if best is None:  # the cap is below the smallest sensible tile: use that tile anyway
+        return min_s, min(64, start[1]), min(64, start[2])
+    return best[1], best[2], best[3]
 
 
 def _taper(length: int, ramp: int, left_edge: bool, right_edge: bool) -> np.ndarray:
@@ -96,26 +132,23 @@ def predict_volume(
     dev, autocast = _device_and_autocast(device)
     model = model.to(dev).eval()
 
-    # Tile sizes rounded to what the pooling needs; margins of context around the volume.
-    ts = _round_up(tiles.slices if tiles.slices else n + 2 * tiles.overlap_slices, ms)
-    tr = _round_up(min(tiles.rows, _round_up(rows, mp)), mp)
-    tc = _round_up(min(tiles.cols, _round_up(cols, mp)), mp)
-    margin_s = tiles.overlap_slices // 2 if ts < n else (ts - n) // 2
-    margin_r = tiles.overlap_in_plane // 2 if tr < rows else (tr - rows) // 2
-    margin_c = tiles.overlap_in_plane // 2 if tc < cols else (tc - cols) // 2
-    ps = max(ts, _round_up(n + 2 * margin_s, 1))
-    pr = max(tr, rows + 2 * margin_r)
-    pc = max(tc, cols + 2 * margin_c)
+    # Every border gets the same reflected context (half an overlap), whether the volume is cut
+    # into many tiles or fits one; tile sizes are rounded to what the pooling needs.
+    margin_s = tiles.overlap_slices // 2
+    margin_r = margin_c = tiles.overlap_in_plane // 2
+    need_s, need_r, need_c = n + 2 * margin_s, rows + 2 * margin_r, cols + 2 * margin_c
+    ts = _round_up(min(tiles.slices or need_s, need_s), ms)
+    tr = _round_up(min(tiles.rows, need_r), mp)
+    tc = _round_up(min(tiles.cols, need_c), mp)
+    if tiles.max_tile_voxels and ts * k * tr * tc > tiles.max_tile_voxels:
+        ts, tr, tc = _fit_tiles(tiles, k, ms, mp, (need_s, need_r, need_c), (ts, tr, tc))
+    ps, pr, pc = max(ts, need_s), max(tr, need_r), max(tc, need_c)
     pad = (
         (margin_s, ps - n - margin_s),
         (margin_r, pr - rows - margin_r),
         (margin_c, pc - cols - margin_c),
     )
-    padded = np.pad(
-        volume.astype(np.float32, copy=False),
-        pad,
-        mode="reflect" if min(n, rows, cols) > max(max(p) for p in pad) else "edge",
-    )
+    padded = np.pad(volume.astype(np.float32, copy=False), pad, mode="reflect")
 
     out = np.zeros((ps * k, pr, pc), np.float32)
     weight = np.zeros_like(out)

@@ -10,6 +10,7 @@ inference, and multiplies back, so the result is on the caller's scale.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ class IQTEngine:
         *,
         version: str = VERSION,
         file_hashes: dict[int, str] | None = None,
-        tiles: TileSettings | None = None,
+        tiles: TileSettings | dict[int, TileSettings] | None = None,
         device: str | None = None,
         threads: int | None = None,
         consistency_correction: bool = False,
@@ -43,7 +44,12 @@ class IQTEngine:
                 raise ValueError(f"network registered for k={k} was built for {net.config.factor}")
         self.networks = {k: net.eval() for k, net in networks.items()}
         self.file_hashes = dict(file_hashes or {})
-        self.tiles = tiles or TileSettings()
+        # One tile setting per factor: a network works best on tiles like the patches it was
+        # trained on, so the release records the tile it was evaluated with.
+        if isinstance(tiles, dict):
+            self.tiles = {k: tiles.get(k, TileSettings()) for k in self.networks}
+        else:
+            self.tiles = {k: tiles or TileSettings() for k in self.networks}
         self.device = device
         self.threads = threads
         self.consistency_correction = consistency_correction
@@ -69,15 +75,27 @@ class IQTEngine:
         factors: tuple[int, ...] | None = None,
         **kwargs: object,
     ) -> IQTEngine:
-        """Load the released weights (all factors, or ``factors``), checking each sha256."""
+        """Load the released weights (all factors, or ``factors``), checking each sha256.
+
+        Each factor runs with the tile recorded in its manifest entry (``"tile"``) unless
+        ``tiles=`` is given; likewise ``"consistency_correction"`` (back-projection), which the
+        release sets only when it improved the held-out metrics.
+        """
         d = Path(directory) if directory is not None else None
         wanted = factors or released_factors(d)
-        networks, hashes, version = {}, {}, VERSION
+        networks, hashes, tiles, version = {}, {}, {}, VERSION
+        corrections = set()
         for k in wanted:
             net, entry = load_released(k, d)
             networks[k] = net
             hashes[k] = entry["sha256"]
+            if "tile" in entry:
+                tiles[k] = TileSettings(**entry["tile"])
             version = entry.get("version", version)
+            corrections.add(bool(entry.get("consistency_correction", False)))
+        kwargs.setdefault("tiles", tiles)
+        # Back-projection is on only if every loaded factor was released with it.
+        kwargs.setdefault("consistency_correction", corrections == {True})
         return cls(networks, version=version, file_hashes=hashes, **kwargs)  # type: ignore[arg-type]
 
     @property
@@ -103,8 +121,9 @@ class IQTEngine:
             raise ValueError("volume contains NaN or infinite values")
         scale = robust_scale(v)
         x = v / scale
+        tiles = self.tiles[factor]
         pred = predict_volume(
-            self.networks[factor], x, tiles=self.tiles, device=self.device, threads=self.threads
+            self.networks[factor], x, tiles=tiles, device=self.device, threads=self.threads
         )
         if self.consistency_correction:
             pred = back_project(pred, x, factor, slice_thickness_ratio)
@@ -116,10 +135,32 @@ class IQTEngine:
             "weights_file": file_name(factor),
             "weights_file_sha256": self.file_hashes.get(factor),
             "consistency_correction": self.consistency_correction,
-            "tile": [self.tiles.slices, self.tiles.rows, self.tiles.cols],
+            "tile": [tiles.slices, tiles.rows, tiles.cols],
         }
         if abs(slice_thickness_ratio - 1.0) > 0.05:
             notes["warning"] = (
                 f"trained for contiguous slices; thickness/spacing is {slice_thickness_ratio:.2f}"
             )
         return EngineResult(volume=pred * scale, consistency_psnr_db=score, notes=notes)
+
+
+def create_engine() -> IQTEngine:
+    """Zero-argument factory for the pipeline's engine registry: released weights, all factors."""
+    return IQTEngine.from_release()
+
+
+def accepts_profile(profile: Mapping[str, object]) -> bool:
+    """Whether a series fits what the network was trained for: low-field (< 1 T) T1 MR.
+
+    Keys as in ``pipeline.engines.Profile``; a missing field strength is accepted (many
+    low-field exports omit it), a missing description is not (T1 is what was trained).
+    """
+    if str(profile.get("Modality", "MR")).upper() != "MR":
+        return False
+    field = profile.get("MagneticFieldStrength")
+    try:
+        if field not in (None, "") and float(field) >= 1.0:  # type: ignore[arg-type]
+            return False
+    except (TypeError, ValueError):
+        return False
+    return "t1" in str(profile.get("SeriesDescription", "")).lower()

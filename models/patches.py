@@ -29,6 +29,7 @@ class DrawSettings:
     thickness_ratio: float = 1.0
     slice_axes: tuple[int, ...] = (2, 1, 0)
     augment: bool = True
+    hf_gm_scale: tuple[float, float] = (1.0, 1.0)
 
 
 def simulate_pair(
@@ -50,6 +51,12 @@ def simulate_pair(
     if settings.augment:
         t1, gm, wm = random_affine([t1, gm, wm], rng)
         t1 = t1 * smooth_bias_field(t1.shape, rng)
+    lo, hi = settings.hf_gm_scale
+    if (lo, hi) != (1.0, 1.0):
+        # High-field contrast augmentation: templates are averages of many subjects, so their
+        # GM/WM contrast is lower than a single subject's; scaling grey matter in the target
+        # (the simulator resets the low-field contrast from the SNR draw) widens it.
+        t1 = t1 * (1.0 + np.clip(gm, 0.0, 1.0) * (rng.uniform(lo, hi) - 1.0))
     sim = simulate_low_field(
         t1,
         TissueMaps(gm, wm),

@@ -69,8 +69,11 @@ def save_weights(model: AnisoUNet, path: Path, metadata: dict[str, str]) -> str:
         if v.is_floating_point():
             v = v.half() if v.ndim > 1 else v.float()
         tensors[key] = v.contiguous()
-    meta = {"config": json.dumps(model.config.to_dict()), **metadata}
+    # One metadata key: safetensors writes its metadata map in hash order, so several keys
+    # would make the bytes (and the sha256) of identical weights differ between releases.
+    meta = {"iqt": json.dumps({"config": model.config.to_dict(), **metadata}, sort_keys=True)}
     save_file(tensors, str(path), metadata=meta)
+    path.chmod(0o644)  # safetensors creates the file owner-only; released files are shared
     return sha256_file(path)
 
 
@@ -87,7 +90,9 @@ def load_weights(path: Path, expected_sha256: str | None) -> AnisoUNet:
             )
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
-    config = UNetConfig(**json.loads(meta["config"]))
+    if "iqt" not in meta:
+        raise ValueError(f"{path.name}: not an {MODEL_NAME} weight file (no 'iqt' metadata)")
+    config = UNetConfig(**json.loads(meta["iqt"])["config"])
     model = AnisoUNet(config)
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
     model.load_state_dict(state)
@@ -103,9 +108,22 @@ def load_released(factor: int, directory: Path | None = None) -> tuple[AnisoUNet
     return load_weights(directory / file_name(factor), entry["sha256"]), entry
 
 
-def release_run(run_dir: Path, out_dir: Path, card_extra: str = "", hardware: str = "") -> Path:
-    """Turn a training run (``model.pt``, ``history.json``) into a released file + card."""
+def release_run(
+    run_dir: Path,
+    out_dir: Path,
+    card_extra: str = "",
+    hardware: str = "",
+    earlier_stages: list[Path] | None = None,
+    tile: dict[str, int] | None = None,
+    consistency_correction: bool = False,
+) -> Path:
+    """Turn a training run (``model.pt``) into a released file + card; ``earlier_stages`` are
+    the runs it was fine-tuned from, whose time and steps count towards the total."""
     ck = torch.load(run_dir / "model.pt", weights_only=False)
+    stages = []
+    for d in earlier_stages or []:
+        h = torch.load(Path(d) / "model.pt", weights_only=False)
+        stages.append((h["history"], h["config"]))
     cfg = ck["config"]
     model = AnisoUNet(UNetConfig(**cfg["model"]))
     model.load_state_dict(ck["model"])
@@ -121,10 +139,27 @@ def release_run(run_dir: Path, out_dir: Path, card_extra: str = "", hardware: st
         "sha256": sha,
         "config": cfg,
         "parameters": count_parameters(model),
-        "training_seconds": round(float(history.get("seconds", 0.0))),
-        "steps": int(history.get("steps_done", len(history["loss"]))),
+        "training_seconds": round(
+            sum(float(h.get("seconds", 0.0)) for h, _ in stages) + float(history.get("seconds", 0))
+        ),
+        "steps": sum(int(h.get("steps_done", len(h["loss"]))) for h, _ in stages)
+        + int(history.get("steps_done", len(history["loss"]))),
+        "stages": [
+            {
+                "steps": int(h.get("steps_done", len(h["loss"]))),
+                "seconds": round(float(h.get("seconds", 0.0))),
+                "lr": c["train"]["lr"],
+                "batch_size": c["train"]["batch_size"],
+                "patch_in_plane": c["data"].get("patch_in_plane", 32),
+                "hf_gm_scale": c["data"].get("hf_gm_scale", [1.0, 1.0]),
+            }
+            for h, c in [*stages, (history, cfg)]
+        ],
         "released": datetime.now(UTC).strftime("%Y-%m-%d"),
     }
+    if tile:
+        manifest["models"][path.name]["tile"] = tile
+    manifest["models"][path.name]["consistency_correction"] = consistency_correction
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     card = model_card(
         manifest["models"][path.name],
@@ -146,6 +181,13 @@ def model_card(entry: dict, path: Path, history: dict, hardware: str, extra: str
     m, t = cfg["model"], cfg["train"]
     arch = f"ANISO U-Net, {m['levels']} levels, {m['base_filters']} base filters (paper: 16)"
     opt = f"{t['loss']} / Adam lr {t['lr']}, warm-up {t['warmup_steps']} + cosine"
+    stages = "; ".join(
+        f"{i + 1}: {st['steps']} steps x {st.get('batch_size', '?')} patches "
+        f"{st.get('patch_in_plane', 32)}^2 x {st.get('patch_in_plane', 32) // k} -> "
+        f"{st.get('patch_in_plane', 32)}^3, {st['seconds'] / 60:.0f} min, lr {st['lr']}, "
+        f"target GM scale {st['hf_gm_scale']}"
+        for i, st in enumerate(entry.get("stages", []))
+    )
     hw = f"CPU ({hardware}), {t['threads']} thread(s), 2 cores shared with other jobs, no GPU"
     val = history.get("val_psnr") or [float("nan")]
     lin = history.get("val_psnr_linear") or [float("nan")]
@@ -169,7 +211,10 @@ Through-plane super-resolution and low-to-high-field contrast transfer for T1-we
 | architecture | {arch}, global residual {m["residual_input"]} |
 | parameters | {entry["parameters"]:,} |
 | loss / optimiser | {opt} |
-| steps x batch | {entry["steps"]} x {cfg["train"]["batch_size"]} patches 32x32x{32 // k} -> 32^3 |
+| total steps | {entry["steps"]} |
+| stages | {stages} |
+| inference tile | {entry.get("tile", "default (models.infer.TileSettings)")} |
+| back-projection | {"on" if entry.get("consistency_correction") else "off"} (see EVALUATION.md) |
 | training time | {entry["training_seconds"] / 60:.0f} min wall clock |
 | hardware | {hw} |
 | seed | {cfg["train"]["seed"]} |
@@ -210,9 +255,35 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--card-extra", type=Path, default=None)
     parser.add_argument("--hardware", default="")
+    parser.add_argument(
+        "--back-projection",
+        action="store_true",
+        help="release with the data-consistency correction on (only if it helped held-out)",
+    )
+    parser.add_argument(
+        "--tile",
+        default="",
+        help='inference tile as JSON, e.g. \'{"slices": 16, "rows": 64, "cols": 64}\'',
+    )
+    parser.add_argument(
+        "--earlier",
+        type=Path,
+        action="append",
+        default=[],
+        help="run dir of an earlier stage this run was fine-tuned from",
+    )
     args = parser.parse_args()
     extra = args.card_extra.read_text() if args.card_extra else ""
-    path = release_run(args.run_dir, args.out or weights_dir(), extra, args.hardware)
+    tile = json.loads(args.tile) if args.tile else None
+    path = release_run(
+        args.run_dir,
+        args.out or weights_dir(),
+        extra,
+        args.hardware,
+        args.earlier,
+        tile,
+        args.back_projection,
+    )
     print(path, sha256_file(path))
 
 

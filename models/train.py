@@ -39,6 +39,7 @@ class DataConfig:
     patch_in_plane: int = 32
     min_foreground: float = 0.3
     augment: bool = True
+    hf_gm_scale: list[float] = field(default_factory=lambda: [1.0, 1.0])
     val_patches: int = 64
 
 
@@ -55,6 +56,7 @@ class OptimConfig:
     checkpoint_every: int = 200
     log_every: int = 50
     max_minutes: float = 0.0
+    init_from: str = ""
 
 
 @dataclass
@@ -118,6 +120,7 @@ class PatchStream:
             thickness_ratio=d.thickness_ratio,
             slice_axes=tuple(d.slice_axes),
             augment=d.augment,
+            hf_gm_scale=(float(d.hf_gm_scale[0]), float(d.hf_gm_scale[1])),
         )
         self.x = np.empty((0,))
         self.y = np.empty((0,))
@@ -277,6 +280,11 @@ def train(
     }
     start = 0
     ckpt_path = out / "checkpoint.pt"
+    if t.init_from:
+        # Warm start (fine-tuning): weights only; optimiser, schedule and step start afresh.
+        model.load_state_dict(
+            torch.load(t.init_from, weights_only=False, map_location=device)["model"]
+        )
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, weights_only=False, map_location=device)
         model.load_state_dict(ck["model"])
@@ -312,7 +320,7 @@ def train(
         (out / "history.json").write_text(json.dumps(history))
 
     model.train()
-    step = start
+    done = start  # steps completed (optimiser stepped), what a checkpoint resumes from
     try:
         for step in range(start, t.steps):
             x, y = stream.next_batch()
@@ -322,11 +330,12 @@ def train(
             loss.backward()
             opt.step()
             sched.step()
+            done = step + 1
             history["step"].append(step)
             history["loss"].append(loss.item())
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{history['loss'][-1]:.2e}")
+                bar.set_postfix(loss=f"{history['loss'][-1]:.2e}", refresh=False)
             if (step + 1) % t.log_every == 0:
                 recent = float(np.mean(history["loss"][-t.log_every :]))
                 log.write(
@@ -350,12 +359,16 @@ def train(
             if t.max_minutes and time.time() - began > 60 * t.max_minutes:
                 log.write(f"stopping at step {step + 1}: max_minutes {t.max_minutes} reached\n")
                 break
-        step += 1
+        if len(vx) and (not history["val_step"] or history["val_step"][-1] != done):
+            v = validate(model, vx, vy)
+            history["val_step"].append(done)
+            for key in ("val_psnr", "val_psnr_linear"):
+                history[key].append(v[key])
     finally:
         if bar is not None:
             bar.close()
-        save(step)
-        history["steps_done"] = step
+        history["steps_done"] = done
+        save(done)
         torch.save(
             {
                 "model": {k: v.cpu() for k, v in model.state_dict().items()},

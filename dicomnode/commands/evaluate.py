@@ -47,6 +47,10 @@ def evaluate(
             "--back-projection/--no-back-projection", help="Also score engine + back-projection."
         ),
     ] = True,
+    tile: Annotated[
+        str | None,
+        typer.Option("--tile", help='Inference tile as JSON, e.g. \'{"rows": 64, "cols": 64}\'.'),
+    ] = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="One JSON object per line instead of the table.")
     ] = False,
@@ -62,13 +66,20 @@ def evaluate(
     from models.evaluate import (
         evaluate as run_eval,
     )
+    from models.infer import TileSettings
     from models.iqt_engine import IQTEngine
 
     factors = tuple(factor or (4, 8))
+    kwargs: dict = {"threads": threads}
+    if tile:
+        try:
+            kwargs["tiles"] = TileSettings(**json.loads(tile))
+        except (ValueError, TypeError) as exc:
+            raise typer.BadParameter(str(exc), param_hint="--tile") from None
     if run:
-        engine = engine_from_runs(list(run), threads=threads)
+        engine = engine_from_runs(list(run), **kwargs)
     else:
-        engine = IQTEngine.from_release(weights_dir, factors=factors, threads=threads)
+        engine = IQTEngine.from_release(weights_dir, factors=factors, **kwargs)
     missing = [k for k in factors if k not in engine.supported_factors]
     if missing:
         raise typer.BadParameter(f"no network for factor(s) {missing}", param_hint="--factor")

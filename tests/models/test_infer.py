@@ -11,10 +11,10 @@ from models.infer import TileSettings, _taper, predict_volume
 from models.simulate import degrade_slices
 
 
-def _net(factor: int) -> AnisoUNet:
+def _net(factor: int, width: int = 4) -> AnisoUNet:
+    """A random network whose output really depends on its input (no global residual)."""
     torch.manual_seed(0)
-    net = AnisoUNet(UNetConfig(factor=factor, base_filters=2, residual_input=True))
-    torch.nn.init.normal_(net.head.weight, std=0.2)  # make the learned part visible
+    net = AnisoUNet(UNetConfig(factor=factor, base_filters=width))
     net.train()
     with torch.no_grad():  # non-trivial batch-norm running statistics
         for _ in range(3):
@@ -30,12 +30,15 @@ def test_tiled_equals_whole_volume(factor: int, phantom_brain) -> None:  # type:
     tiled = predict_volume(
         net,
         vol,
-        tiles=TileSettings(slices=8 if factor == 4 else 4, rows=32, cols=32,
-                           overlap_slices=2, overlap_in_plane=16),
+        tiles=TileSettings(slices=8, rows=32, cols=32, overlap_slices=4, overlap_in_plane=16),
     )
     assert whole.shape == tiled.shape == (vol.shape[0] * factor, 48, 44)
-    assert np.abs(whole - tiled).mean() < 0.01 * np.abs(whole).mean()
-    assert np.abs(whole - tiled).max() < 0.1 * np.abs(whole).max()
+    spread = float(whole.std())
+    assert spread > 1e-3, "the test network must not be constant"
+    # Zero padding inside each tile changes the border of its field of view; blending keeps the
+    # difference to a fraction of the output's own variation.
+    assert np.abs(whole - tiled).mean() < 0.02 * spread
+    assert np.abs(whole - tiled).max() < 0.2 * spread
 
 
 def test_window_ramps_sum_to_one_in_overlaps() -> None:
@@ -52,3 +55,18 @@ def test_deterministic_and_odd_sizes() -> None:
     b = predict_volume(net, vol)
     assert a.shape == (28, 37, 29)
     np.testing.assert_array_equal(a, b)
+
+
+def test_memory_cap_picks_tiles_under_the_cap() -> None:
+    from models.infer import _fit_tiles
+
+    settings = TileSettings()
+    ts, tr, tc = _fit_tiles(settings, 8, 2, 16, (34, 288, 288), (34, 160, 160))
+    assert ts * 8 * tr * tc <= settings.max_tile_voxels
+    assert ts % 2 == 0 and tr % 16 == 0 and tc % 16 == 0
+    net = _net(8)
+    vol = np.random.default_rng(1).random((6, 40, 40)).astype(np.float32)
+    capped = predict_volume(net, vol, tiles=TileSettings(max_tile_voxels=20_000))
+    free = predict_volume(net, vol, tiles=TileSettings(max_tile_voxels=0))
+    assert capped.shape == free.shape == (48, 40, 40)
+    assert np.abs(capped - free).mean() < 0.05 * float(free.std())

@@ -48,5 +48,6 @@ def test_cubic_baseline_follows_grid_convention(factor: int) -> None:
     inner = slice(3 * factor, 9 * factor)
     np.testing.assert_allclose(out[inner, 1, 1], expected[inner], atol=5e-3)
     # each acquired slice is the mean position of its k thin slices
-    np.testing.assert_allclose(out.reshape(12, factor, 3, 3).mean(axis=1)[3:9], ramp[3:9],
-                               atol=5e-3)
+    np.testing.assert_allclose(
+        out.reshape(12, factor, 3, 3).mean(axis=1)[3:9], ramp[3:9], atol=5e-3
+    )

@@ -31,6 +31,8 @@ def _tiny_release(directory: Path, factors: tuple[int, ...] = (4, 8)) -> None:
         net = AnisoUNet(UNetConfig(factor=k, base_filters=2, residual_input=True))
         sha = save_weights(net, directory / file_name(k), {"name": "iqt-t1", "version": "test"})
         manifest["models"][file_name(k)] = {"factor": k, "version": "test", "sha256": sha}
+        if k == 8:
+            manifest["models"][file_name(k)]["tile"] = {"slices": 4, "rows": 64, "cols": 48}
     (directory / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -52,14 +54,16 @@ def test_engine_contract_on_tiny_release(tmp_path: Path) -> None:
     engine = IQTEngine.from_release(tmp_path)
     assert isinstance(engine, ThroughPlaneEngine)
     assert engine.supported_factors == (4, 8)
+    assert (engine.tiles[8].rows, engine.tiles[8].cols, engine.tiles[4].rows) == (64, 48, 160)
     assert engine.info.name == "iqt-t1" and len(engine.info.weights_sha256 or "") == 64
     vol = np.random.default_rng(0).random((6, 40, 36)).astype(np.float32) * 500.0
     res = engine.upsample(vol, 8)
     assert res.volume.shape == (48, 40, 36) and res.volume.dtype == np.float32
     assert res.consistency_psnr_db is not None and np.isfinite(res.consistency_psnr_db)
-    assert res.notes["weights_file_sha256"] == read_manifest(tmp_path)["models"][file_name(8)][
-        "sha256"
-    ]
+    assert (
+        res.notes["weights_file_sha256"]
+        == read_manifest(tmp_path)["models"][file_name(8)]["sha256"]
+    )
     # Output is on the caller's scale: a zero-initialised residual head gives back the linear
     # interpolation of the input, whose slice means match the input's.
     assert res.volume.mean() == pytest.approx(vol.mean(), rel=0.02)
@@ -79,3 +83,54 @@ def test_shipped_weights_verify_and_load() -> None:
         net = load_weights(path, entry["sha256"])
         assert net.config.factor == entry["factor"]
         assert (weights_dir() / name.replace(".safetensors", ".md")).exists()
+
+
+def test_accepts_low_field_t1_only() -> None:
+    from models.iqt_engine import accepts_profile
+
+    assert accepts_profile(
+        {"Modality": "MR", "MagneticFieldStrength": 0.36, "SeriesDescription": "T1 SE axial"}
+    )
+    assert accepts_profile({"Modality": "MR", "SeriesDescription": "t1_ax"})
+    assert not accepts_profile(
+        {"Modality": "MR", "MagneticFieldStrength": 1.5, "SeriesDescription": "T1"}
+    )
+    assert not accepts_profile(
+        {"Modality": "MR", "MagneticFieldStrength": 0.064, "SeriesDescription": "T2 FLAIR"}
+    )
+    assert not accepts_profile({"Modality": "CT", "SeriesDescription": "T1"})
+
+
+def test_release_run_writes_file_manifest_and_card(tmp_path: Path, phantom_brain) -> None:  # type: ignore[no-untyped-def]
+    from models.release import release_run
+    from models.train import DataConfig, OptimConfig, TrainConfig, train
+
+    cfg = TrainConfig(
+        model=UNetConfig(factor=8, base_filters=2, residual_input=True),
+        data=DataConfig(train_brains=[], val_brains=[], draws_per_brain=1, patches_per_draw=8),
+        train=OptimConfig(steps=2, batch_size=2, warmup_steps=1),
+    )
+    train(
+        cfg,
+        tmp_path / "run",
+        brains=[phantom_brain],
+        val=(torch.empty(0), torch.empty(0)),
+        progress=False,
+    )
+    out = tmp_path / "weights"
+    path = release_run(tmp_path / "run", out, "## Evaluation\n\ntable here\n", "test-cpu")
+    entry = read_manifest(out)["models"][path.name]
+    assert entry["sha256"] == sha256_file(path) and entry["steps"] == 2
+    card = (out / "iqt-t1-k8.md").read_text()
+    assert entry["sha256"] in card and "table here" in card and "test-cpu" in card
+    engine = IQTEngine.from_release(out)
+    assert engine.supported_factors == (8,)
+
+
+def test_release_bytes_are_reproducible(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = AnisoUNet(UNetConfig(factor=4, base_filters=2))
+    meta = {"name": "iqt-t1", "version": "test", "extra": "x"}
+    assert save_weights(net, tmp_path / "a.safetensors", meta) == save_weights(
+        net, tmp_path / "b.safetensors", meta
+    )

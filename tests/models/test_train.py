@@ -15,16 +15,29 @@ from models.train import DataConfig, OptimConfig, TrainConfig, lr_factor, train
 def _config(steps: int) -> TrainConfig:
     return TrainConfig(
         model=UNetConfig(factor=4, base_filters=2, levels=4),
-        data=DataConfig(train_brains=[], val_brains=[], draws_per_brain=1, patches_per_draw=32,
-                        slice_axes=[2]),
-        train=OptimConfig(steps=steps, batch_size=4, lr=3e-3, warmup_steps=1, val_every=1000,
-                          checkpoint_every=5, log_every=5),
+        data=DataConfig(
+            train_brains=[], val_brains=[], draws_per_brain=1, patches_per_draw=32, slice_axes=[2]
+        ),
+        train=OptimConfig(
+            steps=steps,
+            batch_size=4,
+            lr=3e-3,
+            warmup_steps=1,
+            val_every=1000,
+            checkpoint_every=5,
+            log_every=5,
+        ),
     )
 
 
 def test_tiny_model_loss_falls(tmp_path, phantom_brain) -> None:  # type: ignore[no-untyped-def]
-    hist = train(_config(30), tmp_path / "run", brains=[phantom_brain],
-                 val=(torch.empty(0), torch.empty(0)), progress=False)
+    hist = train(
+        _config(30),
+        tmp_path / "run",
+        brains=[phantom_brain],
+        val=(torch.empty(0), torch.empty(0)),
+        progress=False,
+    )
     loss = np.asarray(hist["loss"])
     assert len(loss) == 30
     assert loss[-5:].mean() < 0.75 * loss[:5].mean()
@@ -35,8 +48,9 @@ def test_tiny_model_loss_falls(tmp_path, phantom_brain) -> None:  # type: ignore
 def test_resume_continues_from_checkpoint(tmp_path, phantom_brain) -> None:  # type: ignore[no-untyped-def]
     empty = (torch.empty(0), torch.empty(0))
     train(_config(5), tmp_path, brains=[phantom_brain], val=empty, progress=False)
-    hist = train(_config(8), tmp_path, resume=True, brains=[phantom_brain], val=empty,
-                 progress=False)
+    hist = train(
+        _config(8), tmp_path, resume=True, brains=[phantom_brain], val=empty, progress=False
+    )
     assert hist["step"] == list(range(8))
     assert json.loads((tmp_path / "history.json").read_text())["steps_done"] == 8
 
@@ -44,8 +58,8 @@ def test_resume_continues_from_checkpoint(tmp_path, phantom_brain) -> None:  # t
 def test_config_files_parse_and_reject_unknown_keys(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from pathlib import Path
 
-    configs = sorted(Path("models/configs").glob("*.toml"))
-    assert len(configs) == 4
+    configs = sorted((Path(__file__).parents[2] / "models" / "configs").glob("*.toml"))
+    assert len(configs) >= 4
     for path in configs:
         cfg = TrainConfig.from_toml(path)
         cfg.model.validate()
@@ -61,3 +75,14 @@ def test_schedule_warms_up_then_decays() -> None:
     assert lr_factor(0, cfg) == pytest.approx(0.1)
     assert lr_factor(9, cfg) == pytest.approx(1.0)
     assert lr_factor(99, cfg) < 0.1
+
+
+def test_init_from_starts_from_given_weights(tmp_path, phantom_brain) -> None:  # type: ignore[no-untyped-def]
+    empty = (torch.empty(0), torch.empty(0))
+    train(_config(3), tmp_path / "a", brains=[phantom_brain], val=empty, progress=False)
+    cfg = _config(0)
+    cfg.train.init_from = str(tmp_path / "a" / "model.pt")
+    train(cfg, tmp_path / "b", brains=[phantom_brain], val=empty, progress=False)
+    a = torch.load(tmp_path / "a" / "model.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "b" / "model.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[key], b[key]) for key in a)

@@ -1,0 +1,1 @@
+"""Released weights (safetensors), their sha256 manifest and model cards."""
