@@ -21,6 +21,8 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
+from pipeline.io import write_datasets
+
 UID_ROOT = "1.2.826.0.1.3680043.10.1345."
 """Our UID root for synthetic data (under the pydicom-registered prefix family)."""
 
@@ -245,14 +247,7 @@ def _mr_instance(
 
 def write_series(datasets: Sequence[Dataset], folder: Path | str) -> list[Path]:
     """Write instances as DICOM Part 10 files named by instance number."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ds in datasets:
-        path = folder / f"IM{int(ds.InstanceNumber):04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
+    return write_datasets(datasets, folder)
 
 
 def build_legacy_multiframe(datasets: Sequence[Dataset]) -> Dataset:
