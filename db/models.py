@@ -12,6 +12,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -125,6 +126,18 @@ class Job(Base):
     supersedes_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # What the enhancement used and produced (set by the job runner; empty for forward jobs).
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    model_name: Mapped[str | None] = mapped_column(String(64))
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    model_sha256: Mapped[str | None] = mapped_column(String(64))
+    factor: Mapped[int | None] = mapped_column(Integer)
+    consistency_psnr_db: Mapped[float | None] = mapped_column(Float)
+    review: Mapped[str | None] = mapped_column(String(16))
+    output_series_uid: Mapped[str | None] = mapped_column(String(64))
+    worker: Mapped[str | None] = mapped_column(String(32))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    result: Mapped[dict | None] = mapped_column(JSON)
 
     events: Mapped[list[JobEvent]] = relationship(order_by="JobEvent.id")
 
@@ -202,3 +215,62 @@ Index(
     Delivery.destination,
     unique=True,
 )
+
+
+class ModelState:
+    AVAILABLE = "available"  # registered, never active or deliberately set aside
+    ACTIVE = "active"  # used for new jobs of its profile and factor
+    RETIRED = "retired"  # was active, replaced by another version (rollback can return to it)
+    REMOVED = "removed"  # file deleted; the row stays for the jobs and activations naming it
+
+
+class ModelVersion(Base):
+    """One weights file the node may run: a model name and version for one profile and factor.
+
+    The file lives under ``data_dir/models`` (imported or copied from the released package), so
+    an upgrade of the software never changes the bytes a registered version stands for; ``sha256``
+    is checked when the file is loaded and by ``dicomnode models verify``.
+    """
+
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(64))
+    profile: Mapped[str] = mapped_column(String(64), index=True)
+    factor: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    card: Mapped[str | None] = mapped_column(Text)
+    metrics: Mapped[dict | None] = mapped_column(JSON)
+    settings: Mapped[dict | None] = mapped_column(JSON)
+    source: Mapped[str] = mapped_column(String(16), default="imported")
+    state: Mapped[str] = mapped_column(String(16), default=ModelState.AVAILABLE, index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    activated_at: Mapped[dt.datetime | None]
+    activated_by: Mapped[str | None] = mapped_column(String(128))
+
+
+Index(
+    "ux_model_versions_name_version_factor",
+    ModelVersion.name,
+    ModelVersion.version,
+    ModelVersion.factor,
+    unique=True,
+)
+
+
+class ModelActivation(Base):
+    """Each activation and rollback, with the version it replaced: what ``rollback`` walks back."""
+
+    __tablename__ = "model_activations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    profile: Mapped[str] = mapped_column(String(64), index=True)
+    factor: Mapped[int] = mapped_column(Integer)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    previous_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    action: Mapped[str] = mapped_column(String(16))
+    by: Mapped[str | None] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(Text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from dicomnode.commands import demo, node_admin, records, status
+from dicomnode.commands import demo, models, node_admin, records, status
 from dicomnode.commands.enhance import enhance
 from dicomnode.commands.evaluate import evaluate
 from dicomnode.commands.simulate import simulate
@@ -29,6 +29,7 @@ app.add_typer(node_admin.config_app, name="config")
 app.add_typer(node_admin.db_app, name="db")
 app.add_typer(records.series_app, name="series")
 app.add_typer(records.jobs_app, name="jobs")
+app.add_typer(models.app, name="models")
 # --- end of command registration ---
 
 

@@ -11,9 +11,12 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from pipeline.settings import PipelineSettings
 
 DEFAULT_CONFIG_PATH = Path("/etc/dicomnode/dicomnode.toml")
 CONFIG_ENV = "DICOMNODE_CONFIG"
@@ -141,11 +144,23 @@ Action = Literal["enhance", "forward"]
 
 
 class Rule(_Strict):
+    """One routing rule; the first that matches a complete series decides what happens to it.
+
+    ``profile`` (e.g. ``T1-0.36T``; default ``[runner] default_profile``) selects the active
+    model of an ``enhance`` rule. When no model fits a series (none active for the profile, or
+    none for its slice geometry) ``when_no_model`` says what happens: ``forward`` the originals
+    or ``ignore`` the series; it is never enhanced by another profile's model.
+    ``forward_originals`` sends the originals of an enhanced series too (a second, ``forward``
+    job), for a node placed between scanner and PACS.
+    """
+
     name: str = Field(min_length=1)
     match: dict[str, MatchValue] = Field(default_factory=dict)
     action: Action
     destinations: list[str] = Field(default_factory=list)
     profile: str | None = None
+    when_no_model: Literal["forward", "ignore"] = "ignore"
+    forward_originals: bool = False
 
     @field_validator("match")
     @classmethod
@@ -160,14 +175,56 @@ class Rule(_Strict):
         return value
 
 
+class RunnerSettings(_Strict):
+    """The job runner: worker processes that keep their model loaded between jobs.
+
+    ``gpu = "auto"`` runs one worker per visible CUDA device (one job at a time per GPU);
+    ``cpu_workers`` (default: 1 without a GPU, 0 with one) bounds the CPU pool, each worker using
+    ``cpu_threads`` threads. A job running longer than ``job_timeout_seconds`` has its worker
+    killed and fails (retryable). An output whose data-consistency score is below
+    ``consistency_threshold_db`` is delivered with "REVIEW" in its SeriesDescription
+    (``below_threshold = "flag"``) or held back until ``dicomnode jobs release`` (``"hold"``).
+    """
+
+    gpu: Literal["auto", "off"] = "auto"
+    default_profile: str = "T1-0.36T"
+    cpu_workers: int | None = Field(default=None, ge=0, le=64)
+    cpu_threads: int | None = Field(default=None, ge=1, le=256)
+    job_timeout_seconds: float = Field(default=900.0, gt=0)
+    poll_interval_seconds: float = Field(default=0.5, gt=0)
+    consistency_threshold_db: float | None = 20.0
+    below_threshold: Literal["flag", "hold"] = "flag"
+    review_marker: str = Field(default="REVIEW", min_length=1, max_length=16)
+    output_format: Literal["sc", "mr"] | None = None
+
+
 class Config(_Strict):
     node: NodeSettings = Field(default_factory=NodeSettings)
     completion: CompletionSettings = Field(default_factory=CompletionSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    runner: RunnerSettings = Field(default_factory=RunnerSettings)
     destinations: list[Destination] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)
     pipeline: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("pipeline")
+    @classmethod
+    def _valid_pipeline(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from pipeline.settings import PipelineSettings
+
+        try:
+            PipelineSettings.model_validate(value)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            key = ".".join(str(part) for part in first["loc"])
+            raise ValueError(f"{key}: {first['msg']}") from None
+        return value
+
+    def pipeline_settings(self) -> PipelineSettings:
+        from pipeline.settings import PipelineSettings
+
+        return PipelineSettings.model_validate(self.pipeline)
 
     @model_validator(mode="after")
     def _cross_references(self) -> Config:

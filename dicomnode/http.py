@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 
 from db.models import Delivery, Instance, Job, Series, SeriesState
 from dicomnode.delivery import DELIVERY_SECONDS
+from dicomnode.runner import PROCESSING_SECONDS
 
 if TYPE_CHECKING:
     from dicomnode.node import Node
@@ -84,6 +85,7 @@ class HealthServer:
         self.registry = CollectorRegistry()
         self.registry.register(NodeCollector(node))
         self.registry.register(DELIVERY_SECONDS)
+        self.registry.register(PROCESSING_SECONDS)
         self._server: ThreadingHTTPServer | None = None
 
     def start(self) -> int:

@@ -41,18 +41,39 @@ def active_jobs(session: Session, series_id: int) -> list[Job]:
 
 
 def queue_job(session: Session, series: Series, decision: RoutingDecision) -> Job:
-    """Create the job of a complete, routed series; a still-active earlier job is superseded."""
+    """Create the job of a complete, routed series; still-active earlier jobs are superseded.
+
+    An ``enhance`` rule with ``forward_originals`` also gets a ``forward`` job for the same
+    series, so the originals reach the PACS even when the enhancement fails or waits.
+    """
     earlier = active_jobs(session, series.id)
+    job = _new_job(session, series, decision, decision.action or "", earlier)
+    if decision.action == "enhance" and decision.forward_originals:
+        _new_job(session, series, decision, "forward", earlier)
+    for old in earlier:
+        transition(
+            session,
+            old,
+            JobState.CANCELLED,
+            f"superseded by job {job.id}: series reopened by a late instance",
+        )
+    return job
+
+
+def _new_job(
+    session: Session, series: Series, decision: RoutingDecision, action: str, earlier: list[Job]
+) -> Job:
+    superseded = [old.id for old in earlier if old.action == action]
     job = Job(
         series_id=series.id,
         series_uid=series.series_uid,
         generation=series.generation,
-        action=decision.action or "",
+        action=action,
         rule=decision.rule or "",
         profile=decision.profile,
         destinations=list(decision.destinations),
         state=JobState.RECEIVED,
-        supersedes_job_id=earlier[-1].id if earlier else None,
+        supersedes_job_id=superseded[-1] if superseded else None,
     )
     session.add(job)
     session.flush()
@@ -66,14 +87,8 @@ def queue_job(session: Session, series: Series, decision: RoutingDecision) -> Jo
         )
     )
     transition(session, job, JobState.COMPLETE, series.completion_reason)
-    transition(session, job, JobState.QUEUED, f"rule {decision.rule!r}: {decision.action}")
-    for old in earlier:
-        transition(
-            session,
-            old,
-            JobState.CANCELLED,
-            f"superseded by job {job.id}: series reopened by a late instance",
-        )
+    note = " (the originals of an enhance rule)" if action != decision.action else ""
+    transition(session, job, JobState.QUEUED, f"rule {decision.rule!r}: {action}{note}")
     return job
 
 

@@ -1,5 +1,6 @@
-"""The running node: opens the database, migrates it, recovers the spool and starts the SCP and
-the background monitor (quiet-period completion, retention). ``serve`` and the tests use this."""
+"""The running node: opens the database, migrates it, registers the released models, recovers
+the spool and starts the SCP, the job runner, delivery and the background monitor (quiet-period
+completion, retention). ``serve``, the demo and the tests use this."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ from dicomnode.config import Config
 from dicomnode.delivery import DeliveryService
 from dicomnode.http import HealthServer
 from dicomnode.intake import Intake, Received
+from dicomnode.registry import RegistryError, sync_released
 from dicomnode.retention import purge
+from dicomnode.runner import OUTPUTS_SUBDIR, JobRunner
 from dicomnode.scp import StoreSCP
 from dicomnode.spool import SpoolLayout, clean_tmp, free_bytes
 
@@ -44,6 +47,9 @@ class Node:
         )
         self.scp = StoreSCP(config, self.intake, self.assembler)
         self.delivery = DeliveryService(self.database, config)
+        self.runner = JobRunner(
+            self.database, config, on_stored=self.delivery.wake, on_forward=self.delivery.wake
+        )
         self.http = HealthServer(self)
         self.http_port: int | None = None
         self._stop = threading.Event()
@@ -61,7 +67,9 @@ class Node:
             log.warning(
                 "spooled files missing from the database re-recorded", extra={"count": adopted}
             )
+        self.register_released_models()
         self.scp.start()
+        self.runner.start()
         self.delivery.start()
         self._monitor = threading.Thread(target=self._monitor_loop, name="monitor", daemon=True)
         self._monitor.start()
@@ -72,6 +80,8 @@ class Node:
         self._stop.set()
         self.scp.stop()
         self.http.stop()
+        if not self.runner.stop():
+            log.warning("job runner did not stop in time; interrupted jobs run again at start")
         if not self.delivery.stop():
             log.warning("delivery did not stop in time; unrecorded sends will be repeated")
         if self._monitor is not None:
@@ -104,12 +114,30 @@ class Node:
         workers = {
             "monitor": self._monitor is not None and self._monitor.is_alive(),
             **{f"delivery-{n}": alive for n, alive in self.delivery.alive().items()},
+            **self.runner.alive(),
         }
         checks["workers"] = workers
         healthy = all(
             checks[k] is True for k in ("database", "spool_writable", "free_disk")
         ) and all(workers.values())
         return {"healthy": healthy, **checks}
+
+    def register_released_models(self) -> None:
+        """Released weights become registered (and active where nothing is) with no manual step.
+
+        A problem (e.g. a damaged package file) is logged, not fatal: intake and forwarding must
+        keep working, and enhance jobs wait for a usable model or follow ``when_no_model``.
+        """
+        try:
+            with self.database.session() as session:
+                added = sync_released(session, self.config.node.data_dir)
+            if added:
+                log.info(
+                    "released models registered",
+                    extra={"models": [f"{m.name}@{m.version}/k{m.factor}" for m in added]},
+                )
+        except (RegistryError, OSError) as exc:
+            log.error("released models could not be registered: %s", exc)
 
     def recover_spool(self) -> int:
         """Record any spooled file the database lacks (e.g. a commit lost to a power cut)."""
@@ -147,6 +175,10 @@ class Node:
             if time.monotonic() >= next_purge:
                 next_purge = time.monotonic() + retention.check_interval_seconds
                 try:
-                    purge(self.database, retention.days)
+                    purge(
+                        self.database,
+                        retention.days,
+                        outputs_root=self.config.node.data_dir / OUTPUTS_SUBDIR,
+                    )
                 except Exception:  # noqa: BLE001
                     log.exception("retention purge failed")

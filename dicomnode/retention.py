@@ -1,4 +1,5 @@
-"""Retention: spooled originals of finished or ignored series are deleted after N days.
+"""Retention: spooled originals of finished or ignored series are deleted after N days, and with
+them the enhanced outputs their jobs wrote (``outputs/job-ID``), which the PACS now holds.
 
 A series is only purged when none of its jobs is unfinished (a failed job stays retryable and
 so keeps its originals); the rows stay, marked purged, so the history remains queryable.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import shutil
 from pathlib import Path
 
 from sqlalchemy import exists, select, update
@@ -18,8 +20,13 @@ from db.session import Database
 log = logging.getLogger("dicomnode.retention")
 
 
-def purge(database: Database, days: float, now: dt.datetime | None = None) -> int:
-    """Delete the spooled files of eligible series; returns how many series were purged."""
+def purge(
+    database: Database,
+    days: float,
+    now: dt.datetime | None = None,
+    outputs_root: Path | None = None,
+) -> int:
+    """Delete the spooled files (and job outputs) of eligible series; returns how many."""
     now = now or utcnow()
     cutoff = now - dt.timedelta(days=days)
     unfinished = exists().where(Job.series_id == Series.id, Job.state.in_(JobState.UNFINISHED))
@@ -55,6 +62,9 @@ def purge(database: Database, days: float, now: dt.datetime | None = None) -> in
             for path in paths:
                 Path(path).unlink(missing_ok=True)
             _remove_empty_parents(paths)
+            if outputs_root is not None:
+                for job_id in session.scalars(select(Job.id).where(Job.series_id == series_id)):
+                    shutil.rmtree(outputs_root / f"job-{job_id}", ignore_errors=True)
             session.execute(
                 update(Instance).where(Instance.series_id == series_id).values(path=None)
             )

@@ -99,6 +99,7 @@ class RoutingDecision:
     action: str | None
     destinations: tuple[str, ...] = ()
     profile: str | None = None
+    forward_originals: bool = False
 
     @property
     def ignored(self) -> bool:
@@ -127,7 +128,13 @@ def rule_matches(rule: RuleLike, attributes: Mapping[str, object]) -> bool:
 def route(rules: Sequence[RuleLike], attributes: Mapping[str, object]) -> RoutingDecision:
     for rule in rules:
         if rule_matches(rule, attributes):
-            return RoutingDecision(rule.name, rule.action, tuple(rule.destinations), rule.profile)
+            return RoutingDecision(
+                rule.name,
+                rule.action,
+                tuple(rule.destinations),
+                rule.profile,
+                bool(getattr(rule, "forward_originals", False)),
+            )
     return RoutingDecision(None, None)
 
 

@@ -31,6 +31,7 @@ class IQTEngine:
         networks: dict[int, AnisoUNet],
         *,
         version: str = VERSION,
+        name: str = MODEL_NAME,
         file_hashes: dict[int, str] | None = None,
         tiles: TileSettings | dict[int, TileSettings] | None = None,
         device: str | None = None,
@@ -54,17 +55,20 @@ class IQTEngine:
         self.threads = threads
         self.consistency_correction = consistency_correction
         combined = None
-        if self.file_hashes:
+        if len(self.file_hashes) == 1 and len(self.networks) == 1:
+            # One weights file: its own sha256, so provenance names exactly the file that ran.
+            combined = next(iter(self.file_hashes.values()))
+        elif self.file_hashes:
             text = "\n".join(f"{file_name(k)} {h}" for k, h in sorted(self.file_hashes.items()))
             combined = hashlib.sha256(text.encode()).hexdigest()
         self._info = EngineInfo(
-            name=MODEL_NAME,
+            name=name,
             version=version,
             weights_sha256=combined,
             description=(
                 "ANISO U-Net image quality transfer (Lin et al. 2019), T1, 0.36 T profile; "
-                "weights_sha256 hashes the lines '<file> <sha256>' of the files used, "
-                "each file's own hash is in the result notes"
+                "weights_sha256 is the file's sha256 with one network, else the hash of the "
+                "lines '<file> <sha256>' of the files used (each file's hash in the notes)"
             ),
         )
 

@@ -21,10 +21,11 @@ import platform
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from models.aniso_unet import AnisoUNet, UNetConfig, count_parameters
+if TYPE_CHECKING:  # torch loads only where weights are read or written: the registry CLI and
+    # the node's start read the manifest and hash files without paying torch's import time
+    from models.aniso_unet import AnisoUNet
 
 MODEL_NAME = "iqt-t1"
 VERSION = "0.1.0"
@@ -92,6 +93,8 @@ def load_weights(path: Path, expected_sha256: str | None) -> AnisoUNet:
         meta = f.metadata() or {}
     if "iqt" not in meta:
         raise ValueError(f"{path.name}: not an {MODEL_NAME} weight file (no 'iqt' metadata)")
+    from models.aniso_unet import AnisoUNet, UNetConfig
+
     config = UNetConfig(**json.loads(meta["iqt"])["config"])
     model = AnisoUNet(config)
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
@@ -119,6 +122,10 @@ def release_run(
 ) -> Path:
     """Turn a training run (``model.pt``) into a released file + card; ``earlier_stages`` are
     the runs it was fine-tuned from, whose time and steps count towards the total."""
+    import torch
+
+    from models.aniso_unet import AnisoUNet, UNetConfig, count_parameters
+
     ck = torch.load(run_dir / "model.pt", weights_only=False)
     stages = []
     for d in earlier_stages or []:

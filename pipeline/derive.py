@@ -34,7 +34,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRIm
 
 import pipeline
 from models.engine import EngineInfo
-from pipeline.settings import PipelineSettings
+from pipeline.settings import OutputSettings, PipelineSettings
 from pipeline.uids import derived_instance_uid, derived_series_uid
 from pipeline.volume import SeriesVolume, SourceRef
 
@@ -93,6 +93,14 @@ class Provenance:
     factor: int
     preprocessing: str
     source_slice_spacing: float
+    consistency_psnr_db: float | None = None
+    needs_review: bool = False
+
+    def consistency_text(self) -> str:
+        if self.consistency_psnr_db is None:
+            return "data consistency not measured"
+        verdict = "; below the review threshold" if self.needs_review else ""
+        return f"data consistency {self.consistency_psnr_db:.1f} dB{verdict}"
 
     def derivation_description(self) -> str:
         thin = self.source_slice_spacing / self.factor
@@ -101,7 +109,8 @@ class Provenance:
             f"Through-plane super-resolution x{self.factor} "
             f"({self.source_slice_spacing:.3g} mm -> {thin:.3g} mm slice spacing) by engine "
             f"{self.engine.name} {self.engine.version} (weights sha256 {weights}); "
-            f"preprocessing: {self.preprocessing}; software {SOFTWARE_NAME} {pipeline.__version__}"
+            f"{self.consistency_text()}; preprocessing: {self.preprocessing}; "
+            f"software {SOFTWARE_NAME} {pipeline.__version__}"
         )
         return text[:1024]
 
@@ -145,7 +154,7 @@ def derive_series(
         output.uid_root,
     )
     number = series_number(source, output.series_number_offset)
-    description = _series_description(source, provenance, output.description_suffix)
+    description = _series_description(source, provenance, output)
     direction = np.asarray(enhanced.GetDirection()).reshape(3, 3)
     origin = np.asarray(enhanced.GetOrigin())
     spacing = enhanced.GetSpacing()
@@ -188,10 +197,13 @@ def derive_series(
     return datasets
 
 
-def _series_description(source: Dataset, provenance: Provenance, suffix: str) -> str:
-    tag = f" {suffix} {provenance.engine.name} x{provenance.factor}"
+def _series_description(source: Dataset, provenance: Provenance, output: OutputSettings) -> str:
+    """Source description + what was done; a series needing review says so where readers look."""
+    tag = f" {output.description_suffix} {provenance.engine.name} x{provenance.factor}"
+    if provenance.needs_review:
+        tag += f" {output.review_marker}"
     base = str(source.get("SeriesDescription", "") or "")
-    return (base[: 64 - len(tag)] + tag).strip()
+    return (base[: max(0, 64 - len(tag))] + tag).strip()[:64]
 
 
 def _common(
@@ -237,7 +249,8 @@ def _contributing_equipment(
             contribution_datetime=when,
             contribution_description=(
                 f"model {engine.name} version {engine.version} weights sha256 "
-                f"{engine.weights_sha256 or 'none'}; factor {provenance.factor}"
+                f"{engine.weights_sha256 or 'none'}; factor {provenance.factor}; "
+                f"{provenance.consistency_text()}"
             ),
         )
     )

@@ -203,3 +203,21 @@ def _mirror(index: int, n: int) -> int:
 
 
 register_engine("bspline", BSplineEngine, rank=0)
+
+
+def _released_iqt() -> ThroughPlaneEngine:
+    """The released ``iqt-t1`` weights (all factors); loaded only when the engine is first used."""
+    from models.iqt_engine import create_engine
+
+    return create_engine()
+
+
+def _iqt_accepts(profile: Profile) -> bool:
+    from models.iqt_engine import accepts_profile
+
+    return accepts_profile(profile)
+
+
+# The trained model outranks the baseline wherever it fits the series (low-field T1 MR); the node
+# itself runs the registry's active version instead (see dicomnode.runner).
+register_engine("iqt-t1", _released_iqt, rank=10, accepts=_iqt_accepts)

@@ -46,6 +46,7 @@ class EnhancementResult:
     normalisation: Normalisation
     timings: dict[str, float] = field(default_factory=dict)
     consistency_psnr_db: float | None = None
+    needs_review: bool = False
     notes: dict[str, object] = field(default_factory=dict)
 
     def metadata(self) -> dict[str, object]:
@@ -69,6 +70,7 @@ class EnhancementResult:
                 "scale": self.normalisation.scale,
             },
             "consistency_psnr_db": self.consistency_psnr_db,
+            "needs_review": self.needs_review,
             "timings_s": dict(self.timings),
         }
 
@@ -147,7 +149,17 @@ def enhance_series(
         f"{n4}; normalisation {enhanced.normalisation.method}; slice equalisation "
         f"{'on' if settings.intensity.slice_equalisation else 'off'}"
     )
-    provenance = Provenance(enhanced.engine, enhanced.factor, preprocessing, volume.slice_spacing)
+    score = enhanced.consistency_psnr_db
+    threshold = settings.output.review_below_db
+    needs_review = score is not None and threshold is not None and score < threshold
+    provenance = Provenance(
+        enhanced.engine,
+        enhanced.factor,
+        preprocessing,
+        volume.slice_spacing,
+        consistency_psnr_db=score,
+        needs_review=needs_review,
+    )
     derived = derive_series(enhanced.image, volume, provenance, settings)
     timings["derive"] = time.perf_counter() - start
     log.info(
@@ -170,5 +182,6 @@ def enhance_series(
         normalisation=enhanced.normalisation,
         timings=timings,
         consistency_psnr_db=enhanced.consistency_psnr_db,
+        needs_review=needs_review,
         notes=enhanced.notes,
     )

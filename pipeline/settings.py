@@ -95,6 +95,12 @@ class OutputSettings(_Strict):
     )
     manufacturer: str = "dicomnode"
     institution_name: str | None = None
+    review_below_db: float | None = Field(
+        None,
+        description="a data-consistency score below this marks the series for review "
+        "(review_marker appended to SeriesDescription); None: never",
+    )
+    review_marker: str = Field("REVIEW", min_length=1, max_length=16)
 
 
 class PipelineSettings(_Strict):

@@ -1,4 +1,4 @@
-"""``series list|show`` and ``jobs list|show|retry|cancel``: what the node received and decided."""
+"""``series list|show`` and ``jobs list|show|retry|release|cancel``: what the node did."""
 
 from __future__ import annotations
 
@@ -64,6 +64,15 @@ def job_row(job: Job) -> dict[str, object]:
         "reason": job.reason,
         "generation": job.generation,
         "supersedes_job_id": job.supersedes_job_id,
+        "model": f"{job.model_name}@{job.model_version}" if job.model_name else None,
+        "model_version_id": job.model_version_id,
+        "model_sha256": job.model_sha256,
+        "factor": job.factor,
+        "consistency_psnr_db": job.consistency_psnr_db,
+        "review": job.review,
+        "output_series_uid": job.output_series_uid,
+        "worker": job.worker,
+        "attempts": job.attempts,
         "created_at": job.created_at,
         "updated_at": job.updated_at,
     }
@@ -158,6 +167,13 @@ def jobs_show(
             )
         ]
         row["deliveries"] = delivery_summary(session, job_id)
+        result = job.result or {}
+        if result:
+            metadata = result.get("metadata") or {}
+            row["timings_s"] = metadata.get("timings_s")
+            row["device"] = result.get("device")
+            row["fallbacks"] = result.get("fallbacks") or []
+            row["outputs"] = len(result.get("outputs") or [])
     emit_one(row, as_json)
 
 
@@ -220,6 +236,27 @@ def jobs_retry(
     except JobError as exc:
         raise fail(str(exc)) from None
     typer.echo(f"job {job_id}: {state} ({rearmed} delivery(ies) re-armed)")
+
+
+@jobs_app.command("release")
+def jobs_release(
+    job_id: Annotated[int, typer.Argument(help="Job id.")],
+    config: ConfigOption = None,
+    by: Annotated[str | None, typer.Option(help="Who reviewed it (default: your login).")] = None,
+) -> None:
+    """Deliver an enhanced series held back for review (consistency below the threshold)."""
+    import getpass
+
+    from dicomnode.runner import release
+
+    database = _database(config)
+    try:
+        with database.session() as session:
+            job = release(session, job_id, by or getpass.getuser())
+            state = job.state
+    except JobError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"job {job_id}: {state}, released for delivery")
 
 
 @jobs_app.command("cancel")

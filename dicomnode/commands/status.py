@@ -8,12 +8,12 @@ import urllib.request
 import typer
 from sqlalchemy import func, select
 
-from db.models import Delivery, DeliveryState, Job, JobState
+from db.models import Delivery, DeliveryState, Job, JobState, ModelState, ModelVersion
 from dicomnode.commands.common import ConfigOption, JsonOption, console, emit_one, load_or_exit
 
 
 def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
-    """Listening address, queue depth, jobs by state, destinations, free disk, health."""
+    """Listening address, queue depth, jobs by state, active models, destinations, free disk."""
     from dicomnode.node import open_database
 
     settings = load_or_exit(config)
@@ -22,6 +22,17 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     try:
         with database.session() as session:
             jobs = dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all())
+            active_models = [
+                f"{m.profile}: {m.name}@{m.version}/k{m.factor}"
+                for m in session.scalars(
+                    select(ModelVersion)
+                    .where(ModelVersion.state == ModelState.ACTIVE)
+                    .order_by(ModelVersion.profile, ModelVersion.factor)
+                )
+            ]
+            held = session.scalar(
+                select(func.count()).where(Job.state == JobState.STORED, Job.review == "held")
+            )
             destinations = []
             for dest in settings.destinations:
                 counts = dict(
@@ -73,12 +84,15 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
         "health": health,
         "queue_depth": sum(jobs.get(s, 0) for s in JobState.ACTIVE),
         "jobs": {state: jobs.get(state, 0) for state in _STATES if jobs.get(state)},
+        "held_for_review": held or 0,
+        "active_models": active_models,
         "free_disk_mb": None if free is None else free // 2**20,
         "min_free_mb": node.min_free_mb,
         "destinations": destinations,
     }
     if not as_json:
         row["jobs"] = ", ".join(f"{k} {v}" for k, v in row["jobs"].items()) or "none"  # type: ignore[union-attr]
+        row["active_models"] = ", ".join(active_models) or "none (run `dicomnode models list`)"
     emit_one(row, as_json)
     if not as_json and not destinations:
         console.print("no destinations configured")

@@ -44,6 +44,7 @@ class RunningNode:
     accept: str = ""
     rules: str = DEFAULT_RULES
     node_extra: str = ""
+    runner: str = 'gpu = "off"\ncpu_workers = 0'
     process: subprocess.Popen | None = None
     log_path: Path = field(init=False)
 
@@ -69,6 +70,9 @@ min_free_mb = {self.min_free_mb}
 [completion]
 quiet_seconds = {self.quiet_seconds}
 check_interval_seconds = 0.2
+
+[runner]
+{self.runner}
 {self.rules}
 """
         )

@@ -129,3 +129,25 @@ def test_shipped_example_configuration_is_valid():
     example = Path(__file__).resolve().parents[2] / "examples" / "dicomnode.toml"
     result = subprocess.run([str(BIN), "config", "check", str(example)], capture_output=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_runner_and_pipeline_problems_are_named_by_key():
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            {
+                "runner": {"gpu": "sometimes", "below_threshold": "shout"},
+                "pipeline": {"n4": {"shrink_in_plane": 0}},
+                "rules": [
+                    {"name": "r", "action": "enhance", "when_no_model": "guess", "match": {}}
+                ],
+            }
+        )
+    text = str(info.value)
+    for key in ("runner.gpu", "runner.below_threshold", "pipeline", "n4.shrink_in_plane"):
+        assert key in text, text
+    assert "rules.0.when_no_model" in text
+    config = parse_config({"runner": {"output_format": "mr", "consistency_threshold_db": 22}})
+    from dicomnode.runner import runner_pipeline_settings
+
+    settings = runner_pipeline_settings(config)
+    assert settings.output.format == "mr" and settings.output.review_below_db == 22

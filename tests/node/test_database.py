@@ -166,3 +166,21 @@ def test_retention_spares_unfinished_jobs(stack):
         paths = dict(session.execute(select(Instance.series_id, Instance.path)).all())
         assert paths[gone.id] is None and Path(paths[kept.id]).exists()
     assert purge(database, days=7, now=dt.datetime.now(dt.UTC)) == 0
+
+
+def test_retention_removes_the_outputs_of_finished_jobs(stack, tmp_path):
+    from dicomnode.jobs import transition
+
+    database, intake, assembler = stack
+    _send(intake, assembler, _small(8))
+    with database.session() as session:
+        job = session.scalars(select(Job)).one()
+        transition(session, job, "delivered", "test: delivered")
+        job_id = job.id
+    outputs = tmp_path / "outputs"
+    written = outputs / f"job-{job_id}" / "1.2.3.dcm"
+    written.parent.mkdir(parents=True)
+    written.write_bytes(b"derived")
+    future = dt.datetime.now(dt.UTC) + dt.timedelta(days=8)
+    assert purge(database, days=7, now=future, outputs_root=outputs) == 1
+    assert not written.parent.exists() and outputs.exists()

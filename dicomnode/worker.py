@@ -1,0 +1,314 @@
+"""The job runner's worker process: it keeps its models loaded and enhances one series per request.
+
+Each worker is a separate process (``multiprocessing`` spawn) so that the node can enforce a
+per-job timeout by killing it, and so that a crash in native code (CUDA, ITK) or the kernel's
+OOM killer takes down one job, never the node. The parent (``dicomnode.runner``) sends a
+``WorkRequest`` through a pipe and receives a ``WorkResult``; nothing here touches the database.
+
+On a CUDA out-of-memory error the worker retries the same job with tiles of half the voxels
+(twice), then on the CPU, and reports each step in ``WorkResult.fallbacks`` so the job records
+what happened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+log = logging.getLogger("dicomnode.worker")
+
+NO_MODEL = "no-model"
+"""``WorkResult.reason`` when no active model fits the series: the rule's ``when_no_model``."""
+
+NO_MODEL_REASONS = frozenset({"no-factor", "unsupported-factor", "already-thin"})
+"""Pipeline refusals that mean "no model fits this geometry" rather than "bad input"."""
+
+OOM_TILE_RETRIES = 2
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registered weights file, as the runner resolved it when it claimed the job."""
+
+    id: int
+    name: str
+    version: str
+    factor: int
+    path: str
+    sha256: str
+    tile: dict | None = None
+    consistency_correction: bool = False
+
+
+@dataclass(frozen=True)
+class WorkRequest:
+    job_id: int
+    series_uid: str
+    files: list[str]
+    models: dict[int, ModelSpec]
+    pipeline: dict
+    output_dir: str
+
+
+@dataclass
+class OutputFile:
+    path: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+
+
+@dataclass
+class WorkResult:
+    job_id: int
+    ok: bool
+    reason: str | None = None
+    message: str | None = None
+    model: ModelSpec | None = None
+    factor: int | None = None
+    consistency_psnr_db: float | None = None
+    needs_review: bool = False
+    series_instance_uid: str | None = None
+    outputs: list[OutputFile] = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)
+    fallbacks: list[str] = field(default_factory=list)
+    device: str | None = None
+    seconds: float = 0.0
+
+
+class EngineCache:
+    """Networks loaded once per process and reused job after job (keyed by file hash and device)."""
+
+    def __init__(self, device: str, threads: int | None):
+        self.device = device
+        self.threads = threads
+        self._engines: dict[tuple[int, str, str], object] = {}
+
+    def get(self, spec: ModelSpec, device: str | None = None) -> object:
+        from models.infer import TileSettings
+        from models.iqt_engine import IQTEngine
+        from models.release import load_weights
+
+        device = device or self.device
+        key = (spec.id, spec.sha256, device)
+        if key not in self._engines:
+            started = time.perf_counter()
+            network = load_weights(Path(spec.path), spec.sha256)
+            self._engines[key] = IQTEngine(
+                {spec.factor: network},
+                version=spec.version,
+                name=spec.name,
+                file_hashes={spec.factor: spec.sha256},
+                # the tile and correction the version was evaluated with (its registry settings)
+                tiles=TileSettings(**spec.tile) if spec.tile else None,
+                consistency_correction=spec.consistency_correction,
+                device=device,
+                threads=self.threads,
+            )
+            log.info(
+                "model loaded",
+                extra={
+                    "model": f"{spec.name}@{spec.version}/k{spec.factor}",
+                    "device": device,
+                    "seconds": round(time.perf_counter() - started, 2),
+                },
+            )
+        return self._engines[key]
+
+    def warm(self, specs: list[ModelSpec]) -> None:
+        for spec in specs:
+            self.get(spec)
+
+
+def process(request: WorkRequest, cache: EngineCache) -> WorkResult:
+    """Enhance one series and write the derived instances durably under ``output_dir``."""
+    import pydicom
+
+    from pipeline.enhance import choose_factor
+    from pipeline.errors import PipelineError
+    from pipeline.run import enhance_series
+    from pipeline.settings import PipelineSettings
+    from pipeline.volume import read_volume
+
+    started = time.perf_counter()
+    result = WorkResult(request.job_id, ok=False, device=cache.device)
+    try:
+        missing = [f for f in request.files if not Path(f).is_file()]
+        if missing:
+            result.reason, result.message = (
+                "spool-missing",
+                f"{len(missing)} spooled instance(s) are no longer on disk (purged?)",
+            )
+            return result
+        datasets = [pydicom.dcmread(f) for f in request.files]
+        settings = PipelineSettings.model_validate(request.pipeline)
+        volume = read_volume(datasets, settings.volume)
+        if not request.models:
+            result.reason, result.message = NO_MODEL, "no active model for this profile"
+            return result
+        pixel_spacing = min(volume.image.GetSpacing()[:2])
+        try:
+            factor = choose_factor(
+                volume.slice_spacing, pixel_spacing, tuple(sorted(request.models)), settings.enhance
+            )
+        except PipelineError as exc:
+            if exc.reason in NO_MODEL_REASONS:
+                result.reason, result.message = NO_MODEL, f"[{exc.reason}] {exc.message}"
+                return result
+            raise
+        spec = request.models[factor]
+        enhance = settings.enhance.model_copy(update={"factor": factor})
+        settings = settings.model_copy(update={"enhance": enhance})
+        enhanced = _with_oom_fallback(
+            lambda engine: enhance_series(datasets, settings, engine),
+            spec,
+            cache,
+            result.fallbacks,
+        )
+        result.device = str(getattr(enhanced.engine_object, "device", None) or cache.device)
+        enhancement = enhanced.value
+        outputs = write_outputs(enhancement.datasets, Path(request.output_dir))
+        result.ok = True
+        result.model = spec
+        result.factor = enhancement.factor
+        result.consistency_psnr_db = enhancement.consistency_psnr_db
+        result.needs_review = enhancement.needs_review
+        result.series_instance_uid = enhancement.series_instance_uid
+        result.outputs = outputs
+        result.metadata = enhancement.metadata()
+    except PipelineError as exc:
+        result.reason, result.message = exc.reason, str(exc)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent as the job's failure
+        result.reason = "internal-error"
+        result.message = f"{type(exc).__name__}: {exc}"
+        log.error("job %s failed: %s", request.job_id, traceback.format_exc())
+    finally:
+        result.seconds = time.perf_counter() - started
+    return result
+
+
+@dataclass
+class _Ran:
+    value: object
+    engine_object: object
+
+
+def _with_oom_fallback(
+    run: Callable[[object], object], spec: ModelSpec, cache: EngineCache, fallbacks: list[str]
+) -> _Ran:
+    """Run with the cached engine; on CUDA out-of-memory halve the tiles, then go to the CPU."""
+    engine = cache.get(spec)
+    attempt = 0
+    while True:
+        try:
+            return _Ran(run(engine), engine)
+        except Exception as exc:
+            if not _is_cuda_oom(exc):
+                raise
+            _release_cuda_memory()
+            tiles = engine.tiles[spec.factor]  # type: ignore[attr-defined]
+            if attempt < OOM_TILE_RETRIES and str(engine.device).startswith("cuda"):  # type: ignore[attr-defined]
+                attempt += 1
+                smaller = dataclasses.replace(
+                    tiles,
+                    rows=max(32, tiles.rows // 2),
+                    cols=max(32, tiles.cols // 2),
+                    max_tile_voxels=max(32**3, (tiles.max_tile_voxels or 4_000_000) // 2),
+                )
+                engine.tiles[spec.factor] = smaller  # type: ignore[attr-defined]
+                fallbacks.append(
+                    f"CUDA out of memory on {engine.device}; retry {attempt} with tiles "  # type: ignore[attr-defined]
+                    f"{smaller.rows}x{smaller.cols}, at most {smaller.max_tile_voxels} voxels"
+                )
+                continue
+            if str(engine.device).startswith("cuda"):  # type: ignore[attr-defined]
+                fallbacks.append(
+                    f"CUDA out of memory on {engine.device} with the smallest tiles; "  # type: ignore[attr-defined]
+                    "running on the CPU"
+                )
+                engine = cache.get(spec, device="cpu")
+                continue
+            raise
+
+
+def _is_cuda_oom(exc: BaseException) -> bool:
+    """The pipeline wraps engine errors; look through the chain for torch's OOM error."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return False
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, torch.cuda.OutOfMemoryError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _release_cuda_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def write_outputs(datasets: list, folder: Path) -> list[OutputFile]:
+    """Each derived instance durably (temp, fsync, rename), named by its SOP Instance UID.
+
+    Derived UIDs are deterministic, so a job run again after a crash rewrites the same files.
+    """
+    from io import BytesIO
+
+    from dicomnode.spool import write_durably
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / ".tmp"
+    tmp.mkdir(exist_ok=True)
+    outputs = []
+    for ds in datasets:
+        buffer = BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        target = folder / f"{ds.SOPInstanceUID}.dcm"
+        write_durably(target, buffer.getvalue(), tmp)
+        outputs.append(
+            OutputFile(
+                str(target),
+                str(ds.SOPClassUID),
+                str(ds.SOPInstanceUID),
+                str(ds.file_meta.TransferSyntaxUID),
+            )
+        )
+    return outputs
+
+
+def worker_main(
+    connection: Connection, device: str, threads: int | None, log_level: str, log_format: str
+) -> None:
+    """The worker process: answer requests until the pipe closes or ``None`` arrives."""
+    from dicomnode.logs import configure
+
+    configure(log_level, log_format)
+    if threads:
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    cache = EngineCache(device, threads)
+    while True:
+        try:
+            message = connection.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        if isinstance(message, list):  # model specs to load ahead of the first job
+            try:
+                cache.warm(message)
+            except Exception as exc:  # noqa: BLE001 - a bad file fails its job later, clearly
+                log.warning("could not preload a model: %s", exc)
+            continue
+        connection.send(process(message, cache))
