@@ -91,21 +91,6 @@ def _uid(files: list[Path]) -> str:
     return str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
 
 
-def _orthanc_series(orthanc: Orthanc) -> dict[str, dict]:
-    """SeriesInstanceUID -> Orthanc's expanded series (MainDicomTags, Instances)."""
-    return {s["MainDicomTags"]["SeriesInstanceUID"]: s for s in orthanc.get("/series?expand")}
-
-
-def _download(orthanc: Orthanc, series: dict, folder: Path) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index, instance in enumerate(series["Instances"]):
-        path = folder / f"{index:04d}.dcm"
-        path.write_bytes(orthanc.file(instance))
-        paths.append(path)
-    return paths
-
-
 def _models(node: RunningNode, *args: str) -> subprocess.CompletedProcess:
     result = node.cli("models", *args)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -136,13 +121,13 @@ def test_enhanced_series_and_original_reach_the_pacs_with_provenance(tmp_path, b
             lambda: all(j["state"] == "delivered" for j in node.jobs()), what="the forward job"
         )
 
-        stored = _orthanc_series(orthanc)
+        stored = orthanc.series()
         assert set(stored) == {source_uid, show["output_series_uid"]}
         assert len(stored[source_uid]["Instances"]) == 16
         enhanced = stored[show["output_series_uid"]]
         assert len(enhanced["Instances"]) == 64
 
-        paths = _download(orthanc, enhanced, tmp_path / "out")
+        paths = orthanc.download(enhanced, tmp_path / "out")
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(tmp_path / "out")))
         image = reader.Execute()
@@ -191,9 +176,9 @@ def test_activation_applies_to_the_next_job_and_rollback_returns(tmp_path, brain
         job_c = _enhance_job(node, _uid(third), "delivered")
         show_c = node.json_lines("jobs", "show", str(job_c["id"]))[0]
         assert show_c["model"] == f"iqt-t1@{released['version']}"
-        out = _orthanc_series(orthanc)[show_c["output_series_uid"]]
+        out = orthanc.series()[show_c["output_series_uid"]]
         ds = pydicom.dcmread(
-            _download(orthanc, {"Instances": out["Instances"][:1]}, tmp_path / "o")[0]
+            orthanc.download({"Instances": out["Instances"][:1]}, tmp_path / "o")[0]
         )
         assert f"iqt-t1 {released['version']}" in list(
             ds.ContributingEquipmentSequence[-1].SoftwareVersions
@@ -216,7 +201,7 @@ def test_sigkill_during_processing_enhances_and_delivers_exactly_once(tmp_path, 
         assert any("interrupted while processing" in r for r in reasons)
         assert [e["to"] for e in show["events"]].count("stored") == 1
         assert len(node.jobs()) == 1
-        stored = _orthanc_series(orthanc)
+        stored = orthanc.series()
         assert list(stored) == [show["output_series_uid"]]
         assert len(stored[show["output_series_uid"]]["Instances"]) == 64
         assert orthanc.count() == 64
@@ -261,7 +246,7 @@ def test_two_scanners_sending_at_once_both_get_their_results(tmp_path, brain, or
         outputs = {
             node.json_lines("jobs", "show", str(j["id"]))[0]["output_series_uid"] for j in jobs
         }
-        stored = _orthanc_series(orthanc)
+        stored = orthanc.series()
         assert outputs <= set(stored) and len(outputs) == 2
     finally:
         node.stop()
@@ -279,7 +264,7 @@ def test_below_threshold_is_held_for_review_then_released(tmp_path, brain, ortha
         released = node.cli("jobs", "release", str(job["id"]), "--by", "dr-test")
         assert released.returncode == 0, released.stderr
         _enhance_job(node, _uid(files), "delivered")
-        out = next(iter(_orthanc_series(orthanc).values()))
+        out = next(iter(orthanc.series().values()))
         assert out["MainDicomTags"]["SeriesDescription"].endswith("x4 REVIEW")
     finally:
         node.stop()
@@ -301,6 +286,6 @@ def test_series_no_model_fits_is_forwarded_as_the_rule_says(tmp_path, brain, ort
         show = node.json_lines("jobs", "show", str(job["id"]))[0]
         assert any("no model fits" in (e["reason"] or "") for e in show["events"])
         assert show["model"] is None
-        assert set(_orthanc_series(orthanc)) == {_uid(files)}
+        assert set(orthanc.series()) == {_uid(files)}
     finally:
         node.stop()
