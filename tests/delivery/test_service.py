@@ -150,3 +150,24 @@ def test_unit_security_exposure_at_most_2_5(unit):
     ):
         assert setting in text, setting
     assert shutil.which("systemd-analyze")
+
+
+def test_gpu_drop_in_verifies_and_keeps_exposure_at_most_2_5(unit):
+    """The NVIDIA drop-in opens only the GPU device nodes; merged, the unit stays hardened."""
+    drop_in = UNIT.parent / "dicomnode.service.d" / "gpu.conf"
+    merged = unit.parent / "merged" / "dicomnode.service"
+    merged.parent.mkdir()
+    merged.write_text(unit.read_text() + "\n" + drop_in.read_text())
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(merged)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and "dicomnode.service" not in result.stderr, result.stderr
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--no-pager", str(merged)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    line = next(line for line in result.stdout.splitlines() if "Overall exposure level" in line)
+    assert float(line.split(":")[1].split()[0]) <= 2.5, result.stdout
+    assert "DevicePolicy=closed" in merged.read_text()
