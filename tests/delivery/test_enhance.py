@@ -60,10 +60,17 @@ def _tools() -> None:
     require_tool("storescu")
 
 
-def _node(tmp_path: Path, orthanc: Orthanc, runner: str = RUNNER, **rules: object) -> RunningNode:
+def _node(
+    tmp_path: Path,
+    orthanc: Orthanc,
+    runner: str = RUNNER,
+    database_url: str | None = None,
+    **rules: object,
+) -> RunningNode:
     return RunningNode(
         tmp_path / "node",
         free_port(),
+        database_url=database_url,
         quiet_seconds=2,
         rules=enhance_rules(orthanc.dicom_port, **rules),  # type: ignore[arg-type]
         runner=runner,
@@ -287,5 +294,23 @@ def test_series_no_model_fits_is_forwarded_as_the_rule_says(tmp_path, brain, ort
         assert any("no model fits" in (e["reason"] or "") for e in show["events"])
         assert show["model"] is None
         assert set(orthanc.series()) == {_uid(files)}
+    finally:
+        node.stop()
+
+
+def test_runner_on_postgresql_resumes_and_delivers(tmp_path, brain, orthanc, postgres_url):
+    """The same claim, resume and outbox path on PostgreSQL (row locks instead of SQLite's
+    single writer)."""
+    node = _node(tmp_path, orthanc, database_url=postgres_url, forward_originals=False).start()
+    files = _series(brain, tmp_path / "in", seed=75)
+    storescu(node.port, files)
+    _enhance_job(node, _uid(files), "processing", timeout=60)
+    node.stop()  # SIGTERM while processing: the job is parked, not lost
+    node.start()
+    try:
+        job = _enhance_job(node, _uid(files), "delivered")
+        show = node.json_lines("jobs", "show", str(job["id"]))[0]
+        assert any("parked" in (e["reason"] or "") for e in show["events"])
+        assert orthanc.count() == 64
     finally:
         node.stop()
