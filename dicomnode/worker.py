@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("dicomnode.worker")
 
@@ -91,7 +92,7 @@ class EngineCache:
         self.threads = threads
         self._engines: dict[tuple[int, str, str], object] = {}
 
-    def get(self, spec: ModelSpec, device: str | None = None) -> object:
+    def get(self, spec: ModelSpec, device: str | None = None) -> Any:
         from models.infer import TileSettings
         from models.iqt_engine import IQTEngine
         from models.release import load_weights
@@ -204,7 +205,7 @@ def _with_oom_fallback(
     run: Callable[[object], object], spec: ModelSpec, cache: EngineCache, fallbacks: list[str]
 ) -> _Ran:
     """Run with the cached engine; on CUDA out-of-memory halve the tiles, then go to the CPU."""
-    engine = cache.get(spec)
+    engine: Any = cache.get(spec)  # an IQTEngine: its device and per-factor tiles are adjusted
     attempt = 0
     while True:
         try:
@@ -213,8 +214,8 @@ def _with_oom_fallback(
             if not _is_cuda_oom(exc):
                 raise
             _release_cuda_memory()
-            tiles = engine.tiles[spec.factor]  # type: ignore[attr-defined]
-            if attempt < OOM_TILE_RETRIES and str(engine.device).startswith("cuda"):  # type: ignore[attr-defined]
+            tiles = engine.tiles[spec.factor]
+            if attempt < OOM_TILE_RETRIES and str(engine.device).startswith("cuda"):
                 attempt += 1
                 smaller = dataclasses.replace(
                     tiles,
@@ -222,15 +223,15 @@ def _with_oom_fallback(
                     cols=max(32, tiles.cols // 2),
                     max_tile_voxels=max(32**3, (tiles.max_tile_voxels or 4_000_000) // 2),
                 )
-                engine.tiles[spec.factor] = smaller  # type: ignore[attr-defined]
+                engine.tiles[spec.factor] = smaller
                 fallbacks.append(
-                    f"CUDA out of memory on {engine.device}; retry {attempt} with tiles "  # type: ignore[attr-defined]
+                    f"CUDA out of memory on {engine.device}; retry {attempt} with tiles "
                     f"{smaller.rows}x{smaller.cols}, at most {smaller.max_tile_voxels} voxels"
                 )
                 continue
-            if str(engine.device).startswith("cuda"):  # type: ignore[attr-defined]
+            if str(engine.device).startswith("cuda"):
                 fallbacks.append(
-                    f"CUDA out of memory on {engine.device} with the smallest tiles; "  # type: ignore[attr-defined]
+                    f"CUDA out of memory on {engine.device} with the smallest tiles; "
                     "running on the CPU"
                 )
                 engine = cache.get(spec, device="cpu")

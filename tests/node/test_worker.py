@@ -32,19 +32,19 @@ class FakeCache(EngineCache):
         super().__init__("cuda:0", None)
         self.engines = engines
 
-    def get(self, spec: ModelSpec, device: str | None = None) -> object:
+    def get(self, spec: ModelSpec, device: str | None = None) -> TightEngine:
         return self.engines[device or self.device]
 
 
-def run(engine: object) -> str:
-    tiles = engine.tiles[4]  # type: ignore[attr-defined]
-    if engine.device.startswith("cuda") and tiles.max_tile_voxels > engine.fits:  # type: ignore[attr-defined]
+def run(engine: TightEngine) -> str:
+    tiles = engine.tiles[4]
+    if engine.device.startswith("cuda") and tiles.max_tile_voxels > engine.fits:
         # the pipeline wraps engine errors in EnhanceError: the ladder must look through it
         try:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         except torch.cuda.OutOfMemoryError as exc:
             raise EnhanceError("engine-failed", f"engine failed: {exc}") from exc
-    return f"ran on {engine.device} with {tiles.max_tile_voxels}"  # type: ignore[attr-defined]
+    return f"ran on {engine.device} with {tiles.max_tile_voxels}"
 
 
 def test_smaller_tiles_are_tried_before_the_cpu():
