@@ -285,7 +285,7 @@ class JobRunner:
                 self.finish(slot, request, outcome)
             except Exception:  # noqa: BLE001 - record it on the job, keep the slot running
                 log.exception("job %s could not be finished", request.job_id)
-                self._fail_quietly(request.job_id, "internal-error: see the node's log")
+                self._fail_quietly(request.job_id, "[internal-error] see the node's log")
             finally:
                 slot.current_job = None
 
