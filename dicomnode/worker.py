@@ -168,7 +168,7 @@ def process(request: WorkRequest, cache: EngineCache) -> WorkResult:
         enhance = settings.enhance.model_copy(update={"factor": factor})
         settings = settings.model_copy(update={"enhance": enhance})
         enhanced = _with_oom_fallback(
-            lambda engine: enhance_series(datasets, settings, engine),
+            lambda engine: enhance_series(datasets, settings, engine, volume=volume),
             spec,
             cache,
             result.fallbacks,

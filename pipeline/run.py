@@ -91,8 +91,13 @@ def enhance_series(
     engine: ThroughPlaneEngine | str | None = None,
     *,
     progress: ProgressCallback | None = None,
+    volume: SeriesVolume | None = None,
 ) -> EnhancementResult:
-    """Volume -> N4 -> (equalise) -> engine -> derived instances, timing each stage."""
+    """Volume -> N4 -> (equalise) -> engine -> derived instances, timing each stage.
+
+    ``volume``: the caller already built it from ``datasets`` (the node's worker does, to choose
+    the model by slice geometry), so the pixel data is not decoded a second time.
+    """
     settings = settings or PipelineSettings()
     timings: dict[str, float] = {}
 
@@ -102,7 +107,8 @@ def enhance_series(
         return time.perf_counter()
 
     start = stage("volume")
-    volume = read_volume(datasets, settings.volume)
+    if volume is None:
+        volume = read_volume(datasets, settings.volume)
     profile: Profile = {
         **series_profile(datasets),
         "slice_spacing": volume.slice_spacing,
