@@ -112,9 +112,18 @@ def enqueue(
     return count
 
 
+def fail_unknown_destinations(session: Session, job: Job, config: Config) -> bool:
+    """Fail ``job`` if it names destinations the configuration no longer defines (the file was
+    edited since the job was queued); True when it did. Its rows would otherwise wait forever."""
+    known = {d.name for d in config.destinations}
+    unknown = [d for d in job.destinations if d not in known]
+    if unknown:
+        transition(session, job, JobState.FAILED, f"unknown destination(s) {unknown}")
+    return bool(unknown)
+
+
 def forward_queued(database: Database, config: Config) -> list[int]:
     """Put the originals of every queued ``forward`` job in the outbox; returns the job ids."""
-    known = {d.name for d in config.destinations}
     with database.session() as session:
         ids = list(
             session.scalars(
@@ -129,9 +138,7 @@ def forward_queued(database: Database, config: Config) -> list[int]:
             job = session.get(Job, job_id, with_for_update=True)
             if job is None or job.state != JobState.QUEUED or job.action != "forward":
                 continue
-            unknown = [d for d in job.destinations if d not in known]
-            if unknown:
-                transition(session, job, JobState.FAILED, f"unknown destination(s) {unknown}")
+            if fail_unknown_destinations(session, job, config):
                 continue
             rows = list(
                 session.scalars(

@@ -23,7 +23,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -35,9 +35,16 @@ from db.models import Instance, Job, JobState, ModelVersion
 from db.session import Database
 from dicomnode import registry
 from dicomnode.config import Config
-from dicomnode.delivery import OutboxFile, enqueue
+from dicomnode.delivery import OutboxFile, enqueue, fail_unknown_destinations
 from dicomnode.jobs import JobError, transition
-from dicomnode.worker import NO_MODEL, ModelSpec, WorkRequest, WorkResult, worker_main
+from dicomnode.worker import (
+    NO_MODEL,
+    ModelSpec,
+    OutputFile,
+    WorkRequest,
+    WorkResult,
+    worker_main,
+)
 from pipeline.settings import PipelineSettings
 
 log = logging.getLogger("dicomnode.runner")
@@ -395,11 +402,7 @@ class JobRunner:
         )
         if outcome.fallbacks:
             summary += "; " + "; ".join(outcome.fallbacks)
-        unknown = [
-            d for d in job.destinations if d not in {x.name for x in self.config.destinations}
-        ]
-        if unknown:
-            transition(session, job, JobState.FAILED, f"unknown destination(s) {unknown}")
+        if fail_unknown_destinations(session, job, self.config):
             return
         threshold = self.settings.consistency_threshold_db
         if outcome.needs_review:
@@ -418,7 +421,7 @@ class JobRunner:
             if (job.review == "flagged")
             else ""
         )
-        enqueue(session, job, _outbox_files(outcome), reason=summary + note)
+        enqueue(session, job, _outbox_files(outcome.outputs), reason=summary + note)
 
     def _no_model(self, session: Session, job: Job, why: str) -> None:
         """No model fits: the rule's ``when_no_model`` decides, never another profile's model."""
@@ -463,10 +466,10 @@ class JobRunner:
             return []
 
 
-def _outbox_files(outcome: WorkResult) -> list[OutboxFile]:
+def _outbox_files(outputs: Iterable[OutputFile]) -> list[OutboxFile]:
     return [
         OutboxFile(Path(o.path), o.sop_class_uid, o.sop_instance_uid, o.transfer_syntax_uid)
-        for o in outcome.outputs
+        for o in outputs
     ]
 
 
@@ -488,12 +491,7 @@ def release(session: Session, job_id: int, by: str) -> Job:
     missing = [o["path"] for o in outputs if not Path(o["path"]).is_file()]
     if not outputs or missing:
         raise JobError(f"job {job_id}: {len(missing)} output file(s) missing; retry the job")
-    files = [
-        OutboxFile(
-            Path(o["path"]), o["sop_class_uid"], o["sop_instance_uid"], o["transfer_syntax_uid"]
-        )
-        for o in outputs
-    ]
     job.review = "released"
+    files = _outbox_files(OutputFile(**o) for o in outputs)
     enqueue(session, job, files, reason=f"released for delivery after review by {by}")
     return job
