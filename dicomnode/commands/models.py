@@ -341,23 +341,12 @@ def rollback_command(
 @app.command("verify")
 def verify_command(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Re-hash every registered file; exit status 1 when any is missing or altered."""
-    from dicomnode.registry import verify
+    from dicomnode.registry import as_dict, verify
 
     _, database = _open(config)
     with database.session() as session:
         rows = [
-            {
-                "id": row.id,
-                "name": row.name,
-                "version": row.version,
-                "profile": row.profile,
-                "factor": row.factor,
-                "state": row.state,
-                "path": row.path,
-                "sha256": row.sha256,
-                "ok": problem is None,
-                "problem": problem,
-            }
+            {**as_dict(row), "ok": problem is None, "problem": problem}
             for row, problem in verify(session)
         ]
     database.dispose()
@@ -384,7 +373,7 @@ def remove_command(
     A version with history (activations, jobs) stays listed as 'removed' so the audit trail
     keeps its name and sha256; its file is deleted either way.
     """
-    from dicomnode.registry import RegistryError, label, remove, resolve
+    from dicomnode.registry import REMOVED, RegistryError, label, remove, resolve
 
     _, database = _open(config)
     try:
@@ -402,5 +391,5 @@ def remove_command(
     finally:
         database.dispose()
     for text, state in removed:
-        kept = " (kept in the history as 'removed')" if state == "removed" else ""
+        kept = " (kept in the history as 'removed')" if state == REMOVED else ""
         typer.echo(f"removed {text}{kept}")
