@@ -6,21 +6,5 @@
 # (e.g. --workdir DIR, --port N, --keep-running).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export DEBIAN_FRONTEND=noninteractive
-missing=()
-command -v storescu >/dev/null || missing+=(dcmtk)
-command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ] || missing+=(orthanc)
-if [ ${#missing[@]} -gt 0 ]; then
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  echo "installing ${missing[*]} with apt-get" >&2
-  $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-PYTHON="${PYTHON:-python3.11}"
-command -v "$PYTHON" >/dev/null || PYTHON=python3
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
-# Pinned: this version is a local CPU wheel; a looser requirement pulls GBs of CUDA packages.
-.venv/bin/pip install -q "torch==2.13.0"
-.venv/bin/pip install -q -e .
+bash scripts/setup.sh . dcmtk:storescu orthanc:Orthanc
 exec .venv/bin/dicomnode demo "$@"
