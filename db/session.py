@@ -12,11 +12,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+READ_ONLY = "dicomnode_read_only"  # execution option: this transaction only reads
 
 
 def make_engine(url: str) -> Engine:
@@ -50,7 +51,10 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection) -> None:  # type: ignore[no-untyped-def]
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Straight to the driver: through SQLAlchemy this statement cost ~0.1 ms per transaction.
+        # A read-only transaction takes no write lock: in WAL mode it never waits for writers.
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.connection.driver_connection.execute("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 class Database:
@@ -71,6 +75,19 @@ class Database:
         with self._sessions() as session:
             with session.begin():
                 yield session
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A Core transaction for hot paths, where ORM sessions cost milliseconds per call."""
+        with self.engine.begin() as connection:
+            yield connection
+
+    @contextmanager
+    def reader(self) -> Iterator[Connection]:
+        """A read-only Core transaction that never queues behind writers on SQLite."""
+        with self.engine.connect().execution_options(**{READ_ONLY: True}) as connection:
+            with connection.begin():
+                yield connection
 
     def dispose(self) -> None:
         self.engine.dispose()

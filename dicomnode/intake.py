@@ -16,7 +16,7 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from sqlalchemy import insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -93,12 +93,10 @@ class Intake:
             return Outcome(PROCESSING_FAILURE, reason=f"{type(exc).__name__}: {exc}")
 
     def _store(self, item: Received, dataset: Dataset) -> Outcome:
-        """The hot path: Core statements, not ORM objects (ORM cost ~5 ms per instance)."""
+        """The hot path, on prebuilt Core statements: ORM sessions cost ~1.5 ms per instance."""
         sop_uid = item.sop_instance_uid
-        with self.database.session() as session:
-            existing = session.execute(
-                select(Instance.series_id).where(Instance.sop_instance_uid == sop_uid)
-            ).first()
+        with self.database.reader() as connection:
+            existing = connection.execute(_FIND_INSTANCE, {"sop": sop_uid}).first()
         if existing is not None:
             log.info("duplicate instance answered Success, stored once", extra=_ids(item))
             return Outcome(SUCCESS, series_id=existing.series_id, duplicate=True)
@@ -106,48 +104,20 @@ class Intake:
         target = self.layout.path_for(series_uid, sop_uid)
         check_floor(self.layout.root, len(item.data), self.min_free_bytes)
         write_durably(target, item.data, self.layout.root / ".tmp")
-        frames = _frames(dataset)
         try:
-            with self.database.session() as session:
-                series_id, generation, count, expected = _lock_series(session, dataset, item)
-                session.execute(
-                    insert(Instance).values(
-                        sop_instance_uid=sop_uid,
-                        series_id=series_id,
-                        sop_class_uid=item.sop_class_uid,
-                        transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
-                        instance_number=_int_or_none(dataset.get("InstanceNumber")),
-                        frames=frames,
-                        path=str(target),
-                        size_bytes=len(item.data),
-                        calling_ae=item.calling_ae,
-                        association_id=item.association_id,
-                        received_at=utcnow(),
-                        generation=generation,
-                    )
-                )
-                changes: dict[str, object] = {
-                    "instances": Series.instances + 1,
-                    "frames": Series.frames + frames,
-                    "last_received": utcnow(),
-                }
-                announced = _expectation(dataset, item.sop_class_uid)
-                if announced is not None and announced[0] > (expected or 0):
-                    expected = announced[0]
-                    changes["expected_instances"], changes["expected_source"] = announced
-                session.execute(
-                    update(Series)
-                    .where(Series.id == series_id)
-                    .values(**changes)
-                    .execution_options(synchronize_session=False)
-                )
-                count_reached = bool(expected and count + 1 >= expected)
+            with self.database.connection() as connection:
+                row = connection.execute(_LOCK_SERIES, {"series_uid": series_uid}).first()
+                if row is None or row.state != SeriesState.RECEIVING:
+                    # First instance of the series, or a late one: rare, so the ORM may do it.
+                    with Session(bind=connection) as session:
+                        row = _open_series(session, dataset, item)
+                count_reached = _record(connection, row, item, dataset, target)
         except IntegrityError:
             # The same SOP Instance UID on a parallel association won the race: stored once.
             log.info("duplicate instance (concurrent) answered Success", extra=_ids(item))
             return Outcome(SUCCESS, duplicate=True)
         log.debug("stored", extra={**_ids(item), "series_uid": series_uid})
-        return Outcome(SUCCESS, series_id=series_id, count_reached=count_reached)
+        return Outcome(SUCCESS, series_id=row.id, count_reached=count_reached)
 
     def _quarantine(self, item: Received, status: int, reason: str) -> None:
         name = f"{utcnow():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
@@ -245,21 +215,81 @@ def _pixel_problems(dataset: Dataset) -> list[str]:
     return []
 
 
-def _lock_series(
-    session: Session, dataset: Dataset, item: Received
-) -> tuple[int, int, int, int | None]:
-    """Lock the series row (creating or reopening it when needed).
+@dataclass(frozen=True)
+class _SeriesRow:
+    id: int
+    state: str
+    generation: int
+    instances: int
+    expected_instances: int | None
 
-    Returns (id, generation, instances so far, expected instances).
-    """
-    series_uid = str(dataset.SeriesInstanceUID)
-    locked = select(
+
+_FIND_INSTANCE = select(Instance.series_id).where(Instance.sop_instance_uid == bindparam("sop"))
+_LOCK_SERIES = (
+    select(
         Series.id, Series.state, Series.generation, Series.instances, Series.expected_instances
-    ).where(Series.series_uid == series_uid).with_for_update()
-    row = session.execute(locked).first()
-    if row is not None and row.state == SeriesState.RECEIVING:
-        return row.id, row.generation, row.instances, row.expected_instances
-    if row is None:
+    )
+    .where(Series.series_uid == bindparam("series_uid"))
+    .with_for_update()
+)
+_INSERT_INSTANCE = insert(Instance)
+_COUNT_INSTANCE = (
+    update(Series)
+    .where(Series.id == bindparam("series_id"))
+    .values(
+        instances=Series.instances + 1,
+        frames=Series.frames + bindparam("added_frames"),
+        last_received=bindparam("now"),
+    )
+)
+_ANNOUNCE = (
+    update(Series)
+    .where(Series.id == bindparam("series_id"))
+    .values(expected_instances=bindparam("expected"), expected_source=bindparam("source"))
+)
+
+
+def _record(
+    connection: Connection, row: _SeriesRow, item: Received, dataset: Dataset, target: Path
+) -> bool:
+    """Record the instance in its locked series; True when the series reached its count."""
+    now = utcnow()
+    frames = _frames(dataset)
+    connection.execute(
+        _INSERT_INSTANCE,
+        {
+            "sop_instance_uid": item.sop_instance_uid,
+            "series_id": row.id,
+            "sop_class_uid": item.sop_class_uid,
+            "transfer_syntax_uid": str(dataset.file_meta.TransferSyntaxUID),
+            "instance_number": _int_or_none(dataset.get("InstanceNumber")),
+            "frames": frames,
+            "path": str(target),
+            "size_bytes": len(item.data),
+            "calling_ae": item.calling_ae,
+            "association_id": item.association_id,
+            "received_at": now,
+            "generation": row.generation,
+        },
+    )
+    connection.execute(_COUNT_INSTANCE, {"series_id": row.id, "added_frames": frames, "now": now})
+    expected = row.expected_instances
+    announced = _expectation(dataset, item.sop_class_uid)
+    if announced is not None and announced[0] > (expected or 0):
+        expected = announced[0]
+        connection.execute(
+            _ANNOUNCE, {"series_id": row.id, "expected": expected, "source": announced[1]}
+        )
+    return bool(expected and row.instances + 1 >= expected)
+
+
+def _open_series(session: Session, dataset: Dataset, item: Received) -> _SeriesRow:
+    """Create the series row, or reopen a finished one for a late instance, and lock it."""
+    series_uid = str(dataset.SeriesInstanceUID)
+    series = session.execute(
+        select(Series).where(Series.series_uid == series_uid).with_for_update()
+    ).scalar_one_or_none()
+    if series is None:
         series = Series(
             series_uid=series_uid,
             study_uid=str(dataset.StudyInstanceUID),
@@ -276,12 +306,13 @@ def _lock_series(
             with session.begin_nested():
                 session.add(series)
         except IntegrityError:  # another association created it first
-            return _lock_series(session, dataset, item)
-    else:
-        series = session.get_one(Series, row.id)
+            return _open_series(session, dataset, item)
+    elif series.state != SeriesState.RECEIVING:
         reopen(session, series)
     session.flush()
-    return series.id, series.generation, series.instances, series.expected_instances
+    return _SeriesRow(
+        series.id, series.state, series.generation, series.instances, series.expected_instances
+    )
 
 
 def _frames(dataset: Dataset) -> int:
