@@ -6,26 +6,17 @@ syntax) pair we propose a context with that syntax alone, and once per SOP class
 explicit (then implicit) VR little endian; when only the latter is accepted the dataset is
 decoded with pydicom and sent as explicit little endian.
 
-Why a plain pynetdicom sender managed only 40-60 instances/s into DCMTK-based receivers:
-
-1. Nagle's algorithm on the requestor socket. Each C-STORE is a small command PDU followed by
-   the data PDUs; with Nagle on, the tail of the dataset waits for the peer's ACK of the previous
-   small segment, and the peer delays that ACK by up to 40 ms. ``TCP_NODELAY`` is set on the
-   socket as soon as it connects (``EVT_CONN_OPEN``).
-2. Polling. ``Association.send_c_store`` pauses the association's own reactor thread for every
-   message and waits for it in 0.1 ms steps while that thread sleeps 1 ms per loop, and the DUL
-   thread sleeps 1 ms whenever it found nothing to do. We pause the association reactor once for
-   the whole batch and let the DUL thread poll at ``DUL_LOOP_DELAY`` (see ``bench/bench_send.py``
-   for the figures).
+Why a plain pynetdicom sender managed only 40-60 instances/s into DCMTK-based receivers: Nagle's
+algorithm held the tail of each dataset until the peer's delayed ACK (up to 40 ms), and the
+association's reactor and DUL threads handed every message over through queues polled with
+1 ms sleeps. With those tuned it still reached only 0.41x storescu, so the wire work now runs in
+``dicomnode.scu``: one blocking socket, no threads, 1.0-1.1x storescu (``bench/bench_send.py``).
 """
 
 from __future__ import annotations
 
-import io
 import logging
-import socket
 import ssl
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,19 +24,14 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config, evt
-from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import encode, split_dataset
+from pynetdicom.dsutils import encode
 from pynetdicom.presentation import build_context
 
 from dicomnode.config import Destination, TLSSettings
+from dicomnode.scu import AssociationError, DatasetSource, StoreAssociation
 
 log = logging.getLogger("dicomnode.sender")
 
-# Send spooled files in PDU-sized chunks straight from disk: no decode, no re-encode, same bytes.
-_config.STORE_SEND_CHUNKED_DATASET = True
-
-DUL_LOOP_DELAY = 0.0001  # seconds the DUL thread sleeps when idle (pynetdicom default: 0.001)
 MAX_CONTEXTS = 128
 
 SUCCESS = "success"
@@ -99,15 +85,6 @@ def client_ssl_context(tls: TLSSettings) -> ssl.SSLContext:
     return context
 
 
-def _nodelay(event: evt.Event) -> None:
-    sock = getattr(event.assoc.dul.socket, "socket", None)
-    if isinstance(sock, socket.socket):
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-
-
 def propose_contexts(items: Iterable[Item]) -> list:
     """(class, stored syntax) contexts plus one uncompressed fallback per class, at most 128."""
     pairs: list[tuple[str, str]] = []
@@ -152,15 +129,11 @@ class Sender:
         destination: Destination,
         connect_timeout: float = 10.0,
         dimse_timeout: float = 60.0,
-        tcp_nodelay: bool = True,
-        low_latency: bool = True,
     ):
         self.calling_ae = calling_ae
         self.destination = destination
         self.connect_timeout = connect_timeout
         self.dimse_timeout = dimse_timeout
-        self.tcp_nodelay = tcp_nodelay
-        self.low_latency = low_latency
 
     def send(
         self,
@@ -177,40 +150,23 @@ class Sender:
         if not items:
             return 0
         dest = self.destination
-        ae = AE(ae_title=self.calling_ae)
-        ae.acse_timeout = self.connect_timeout
-        ae.connection_timeout = self.connect_timeout
-        ae.dimse_timeout = self.dimse_timeout
-        ae.network_timeout = self.dimse_timeout
-        ae.requested_contexts = propose_contexts(items)
-        handlers = [(evt.EVT_CONN_OPEN, _nodelay)] if self.tcp_nodelay else []
-        tls_args = None
-        if dest.tls is not None:
-            tls_args = (client_ssl_context(dest.tls), None)
         try:
-            assoc = ae.associate(
+            assoc = StoreAssociation.open(
                 dest.host,
                 dest.port,
-                ae_title=dest.ae_title,
-                evt_handlers=handlers,
-                tls_args=tls_args,
+                self.calling_ae,
+                dest.ae_title,
+                propose_contexts(items),
+                connect_timeout=self.connect_timeout,
+                dimse_timeout=self.dimse_timeout,
+                ssl_context=client_ssl_context(dest.tls) if dest.tls is not None else None,
             )
-        except Exception as exc:  # noqa: BLE001 - socket/TLS errors: the destination is down
-            raise AssociationFailed(f"{type(exc).__name__}: {exc}") from None
-        if not assoc.is_established:
-            if assoc.is_rejected:
-                raise AssociationFailed(f"association rejected by {dest.ae_title}")
-            raise AssociationFailed(
-                f"no association with {dest.ae_title}@{dest.host}:{dest.port} "
-                "(refused, unreachable or aborted)"
-            )
+        except (AssociationError, OSError, ssl.SSLError) as exc:
+            raise AssociationFailed(str(exc)) from None
+        accepted = {pair: context_id for context_id, pair in assoc.accepted.items()}
         reported = 0
+        message_id = 0
         try:
-            if self.low_latency:
-                assoc.dul._run_loop_delay = DUL_LOOP_DELAY
-                _pause_reactor(assoc)
-            accepted = _accepted(assoc)
-            message_id = 0
             for item in items:
                 if should_stop():
                     break
@@ -222,25 +178,30 @@ class Sender:
                 on_result(self._send_one(assoc, accepted, item, message_id))
                 reported += 1
         finally:
-            if self.low_latency:
-                assoc._reactor_checkpoint.set()
-            if assoc.is_established:
-                assoc.release()
+            assoc.release()
         return reported
 
-    def _send_one(self, assoc, accepted: dict, item: Item, message_id: int) -> Result:  # type: ignore[no-untyped-def]
-        stored = (item.sop_class_uid, item.transfer_syntax_uid)
+    def _send_one(
+        self,
+        assoc: StoreAssociation,
+        accepted: dict[tuple[str, str], int],
+        item: Item,
+        message_id: int,
+    ) -> Result:
         converted = False
         try:
-            if stored in accepted:
-                context_id, syntax = accepted[stored]
-                request = _request(item, message_id)
-                _, offset = split_dataset(item.path)
-                request._dataset_path = (item.path, offset)
+            context_id = accepted.get((item.sop_class_uid, item.transfer_syntax_uid))
+            if context_id is not None:
+                dataset = DatasetSource.from_file(item.path)
             else:
-                fallback = accepted.get(
-                    (item.sop_class_uid, ExplicitVRLittleEndian)
-                ) or accepted.get((item.sop_class_uid, ImplicitVRLittleEndian))
+                fallback = next(
+                    (
+                        (accepted[(item.sop_class_uid, syntax)], syntax)
+                        for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+                        if (item.sop_class_uid, syntax) in accepted
+                    ),
+                    None,
+                )
                 if fallback is None:
                     return Result(
                         item.key,
@@ -249,67 +210,33 @@ class Sender:
                         f"destination accepted no transfer syntax for {item.sop_class_uid} "
                         f"(stored as {item.transfer_syntax_uid})",
                     )
-                context_id, syntax = fallback
-                request = _request(item, message_id)
-                request.DataSet = io.BytesIO(_converted(item.path, UID(syntax)))
+                context_id = fallback[0]
+                dataset = DatasetSource(data=_converted(item.path, UID(fallback[1])))
                 converted = True
         except Exception as exc:  # noqa: BLE001 - a bad file fails alone
             return Result(item.key, FAILURE, None, f"cannot prepare: {type(exc).__name__}: {exc}")
-        if self.low_latency:
-            assoc.dimse.send_msg(request, context_id)
-            _, response = assoc.dimse.get_msg(block=True)
-        else:
-            assoc._reactor_checkpoint.clear()
-            while not assoc._is_paused:
-                time.sleep(0.0001)
-            assoc.dimse.send_msg(request, context_id)
-            _, response = assoc.dimse.get_msg(block=True)
-            assoc._reactor_checkpoint.set()
-        if response is None:
-            assoc.abort()
-            return Result(item.key, FAILURE, None, "no response (DIMSE timeout or abort)")
-        if not response.is_valid_response:
-            assoc.abort()
-            return Result(item.key, FAILURE, None, "invalid C-STORE response")
-        status = int(response.Status)
-        outcome = outcome_of(status)
+        try:
+            response = assoc.store(
+                context_id, item.sop_class_uid, item.sop_instance_uid, message_id, dataset
+            )
+        except AssociationError as exc:
+            return Result(item.key, FAILURE, None, f"no response: {exc}")
+        outcome = outcome_of(response.status)
         error = None
         if outcome != SUCCESS:
-            comment = getattr(response, "ErrorComment", None)
-            error = f"status 0x{status:04X}" + (f": {comment}" if comment else "")
-        return Result(item.key, outcome, status, error, converted)
-
-
-def _pause_reactor(assoc) -> None:  # type: ignore[no-untyped-def]
-    """Hold the association's reactor thread once for the whole batch (we are the only user)."""
-    assoc._reactor_checkpoint.clear()
-    deadline = time.monotonic() + 5
-    while not assoc._is_paused and time.monotonic() < deadline:
-        time.sleep(0.0001)
-
-
-def _accepted(assoc) -> dict[tuple[str, str], tuple[int, str]]:  # type: ignore[no-untyped-def]
-    accepted: dict[tuple[str, str], tuple[int, str]] = {}
-    for context in assoc.accepted_contexts:
-        syntax = str(context.transfer_syntax[0])
-        accepted.setdefault((str(context.abstract_syntax), syntax), (context.context_id, syntax))
-    return accepted
-
-
-def _request(item: Item, message_id: int) -> C_STORE:
-    request = C_STORE()
-    request.MessageID = message_id
-    request.AffectedSOPClassUID = item.sop_class_uid
-    request.AffectedSOPInstanceUID = item.sop_instance_uid
-    request.Priority = 2
-    return request
+            error = f"status 0x{response.status:04X}"
+            if response.error_comment:
+                error += f": {response.error_comment}"
+        return Result(item.key, outcome, response.status, error, converted)
 
 
 def _converted(path: Path, syntax: UID) -> bytes:
     """Decode a stored file and encode it in an uncompressed little endian syntax."""
     dataset: Dataset = pydicom.dcmread(path)
     if dataset.file_meta.TransferSyntaxUID.is_compressed:
-        dataset.decompress()
+        # A change of transfer syntax is the same instance (PS3.5 10): pydicom would mint a new
+        # SOP Instance UID by default, and the destination would refuse the mismatch (0xA900).
+        dataset.decompress(generate_instance_uid=False)
     encoded = encode(dataset, syntax.is_implicit_VR, True, False)
     if encoded is None:
         raise ValueError("could not encode the dataset")

@@ -61,3 +61,7 @@ def database_url(request, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     yield from _postgres_schema_url()
+
+
+# Fixtures kept in their own modules, registered here so every test folder can ask for them.
+from tests.pki import pki  # noqa: E402,F401
