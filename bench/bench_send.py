@@ -140,9 +140,10 @@ def main() -> None:
     run = 0
     for label, groups in (("1 assoc", [flat]), ("4 assocs", four)):
         item_groups = [items_of(files) for files in groups]
-        for name, method in methods.items():
-            best = 0.0
-            for _ in range(args.repeat):
+        # Round robin, so that each sender meets the disk in the same state (the previous
+        # Orthanc's storage being deleted, its writeback) as often as the others.
+        for _ in range(args.repeat):
+            for name, method in methods.items():
                 run += 1
                 pacs = Orthanc(work / f"pacs{run}").start()
                 try:
@@ -152,8 +153,8 @@ def main() -> None:
                 finally:
                     pacs.stop()
                     shutil.rmtree(work / f"pacs{run}", ignore_errors=True)
-                best = max(best, total / elapsed)
-            results.setdefault(name, {})[label] = best
+                row = results.setdefault(name, {})
+                row[label] = max(row.get(label, 0.0), total / elapsed)
     print(
         f"{total} instances of {args.rows}x{args.rows} 16-bit MR into Orthanc (TCP_NODELAY=1), "
         f"best of {args.repeat}"
