@@ -30,25 +30,10 @@ from pynetdicom import AE  # noqa: E402
 from bench.common import write_bench_series  # noqa: E402
 from dicomnode.config import Destination  # noqa: E402
 from dicomnode.sender import FAILURE, Item, Sender  # noqa: E402
+from tests.delivery.helpers import items_of  # noqa: E402
 from tests.delivery.orthanc import Orthanc  # noqa: E402
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
-
-
-def items_of(files: list[Path]) -> list[Item]:
-    items = []
-    for path in files:
-        meta = pydicom.dcmread(path, stop_before_pixels=True)
-        items.append(
-            Item(
-                path,
-                path,
-                str(meta.SOPClassUID),
-                str(meta.SOPInstanceUID),
-                str(meta.file_meta.TransferSyntaxUID),
-            )
-        )
-    return items
 
 
 def storescu(pacs: Orthanc, files: list[Path]) -> None:

@@ -1,4 +1,5 @@
-"""Node configuration with forward rules and a fast retry schedule, and byte comparisons."""
+"""Node configuration with forward rules and a fast retry schedule, byte comparisons, and
+sender items read from files."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import sqlite3
 import struct
 from pathlib import Path
 
+import pydicom
+
+from dicomnode.sender import Item
 from tests.node.helpers import RunningNode
 
 LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UC", b"UR", b"UT", b"UN"}
@@ -79,3 +83,20 @@ def delivered_events(node: RunningNode) -> list[tuple]:
 
 def spooled(node: RunningNode) -> dict[str, Path]:
     return {uid: Path(p) for uid, p in query(node, "select sop_instance_uid, path from instances")}
+
+
+def items_of(files: list[Path]) -> list[Item]:
+    """Sender items keyed by path; the node builds them from its outbox rows instead."""
+    items = []
+    for path in files:
+        meta = pydicom.dcmread(path, stop_before_pixels=True)
+        items.append(
+            Item(
+                path,
+                path,
+                str(meta.SOPClassUID),
+                str(meta.SOPInstanceUID),
+                str(meta.file_meta.TransferSyntaxUID),
+            )
+        )
+    return items

@@ -15,8 +15,9 @@ import pydicom
 import pytest
 
 from dicomnode.config import Destination, TLSSettings
-from dicomnode.sender import FAILURE, SUCCESS, AssociationFailed, Item, Result, Sender
+from dicomnode.sender import FAILURE, SUCCESS, AssociationFailed, Result, Sender
 from tests.conftest import free_port, require_tool
+from tests.delivery.helpers import items_of
 from tests.node.helpers import RunningNode
 from tests.node.series_files import write_lowfield_series
 
@@ -71,26 +72,10 @@ def _wait_listening(port: int) -> None:
     raise AssertionError(f"nothing listens on {port}")
 
 
-def _items(files: list[Path]) -> list[Item]:
-    items = []
-    for path in files:
-        meta = pydicom.dcmread(path, stop_before_pixels=True)
-        items.append(
-            Item(
-                path.name,
-                path,
-                str(meta.SOPClassUID),
-                str(meta.SOPInstanceUID),
-                str(meta.file_meta.TransferSyntaxUID),
-            )
-        )
-    return items
-
-
 def _send(destination: Destination, files: list[Path], dimse_timeout: float = 30) -> list[Result]:
     results: list[Result] = []
     sender = Sender("IQTNODE", destination, connect_timeout=5, dimse_timeout=dimse_timeout)
-    sender.send(_items(files), results.append)
+    sender.send(items_of(files), results.append)
     return results
 
 
