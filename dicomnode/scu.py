@@ -7,11 +7,11 @@ primitives. Tuned as far as it goes (TCP_NODELAY, a paused reactor, a 0.1 ms DUL
 association and 1.14-1.20x over four (``bench/bench_send.py``).
 
 pynetdicom still does everything that has rules to get wrong: the A-ASSOCIATE-RQ/AC/RJ,
-A-RELEASE and A-ABORT PDUs, presentation contexts and the decoding of responses. Written here
-by hand are only the two encodings on the hot path, both fixed by the standard: the C-STORE-RQ
-command set (PS3.7 9.3.1.1, seven elements in implicit VR little endian) and P-DATA-TF framing
-(PS3.8 9.3.5), so that the dataset goes from the spooled file to the socket without being
-parsed or copied into PDU objects.
+A-RELEASE and A-ABORT PDUs and presentation contexts. Written by hand (``dicomnode.ul``) are
+only the encodings on the hot path, all fixed by the standard: the C-STORE-RQ command set
+(PS3.7 9.3.1.1, implicit VR little endian), the few fields read from the response, and
+P-DATA-TF framing (PS3.8 9.3.5), so that the dataset goes from the spooled file to the socket
+without being parsed or copied into PDU objects.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from pathlib import Path
 from pydicom.uid import UID
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom._globals import APPLICATION_CONTEXT_NAME
-from pynetdicom.dimse_messages import C_STORE_RSP, DIMSEMessage
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.pdu import (
     A_ABORT_RQ,
@@ -36,7 +35,6 @@ from pynetdicom.pdu import (
     A_ASSOCIATE_RQ,
     A_RELEASE_RP,
     A_RELEASE_RQ,
-    P_DATA_TF,
 )
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
@@ -46,24 +44,12 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext
 
-PDU_ASSOCIATE_AC = 0x02
-PDU_ASSOCIATE_RJ = 0x03
-PDU_DATA = 0x04
-PDU_RELEASE_RQ = 0x05
-PDU_RELEASE_RP = 0x06
-PDU_ABORT = 0x07
+from dicomnode import ul
 
 OUR_MAXIMUM_PDU = 65536  # responses are a few hundred bytes; this only bounds what we accept
 UNLIMITED_PDU_FRAGMENT = 1 << 20  # when the peer sets no limit, still send bounded PDUs
-PDV_OVERHEAD = 6  # item length (4), context id (1), message control header (1)
 READ_CHUNK_PDUS = 16  # PDUs read from disk and handed to the kernel at a time
-MAX_GATHER = 512  # buffers per sendmsg call
-C_STORE_RQ_FIELD = 0x0001
 PRIORITY_MEDIUM = 0x0000
-DATASET_PRESENT = 0x0000
-CONTROL_COMMAND_LAST = 0x03
-CONTROL_DATASET = 0x00
-CONTROL_DATASET_LAST = 0x02
 
 
 class AssociationError(Exception):
@@ -101,28 +87,14 @@ def dataset_offset(path: Path) -> int:
 
 def store_command(sop_class_uid: str, sop_instance_uid: str, message_id: int) -> bytes:
     """The C-STORE-RQ command set, implicit VR little endian, group length first."""
-    body = b"".join(
-        (
-            _element(0x0002, sop_class_uid.encode("ascii")),
-            _element(0x0100, struct.pack("<H", C_STORE_RQ_FIELD)),
-            _element(0x0110, struct.pack("<H", message_id)),
-            _element(0x0700, struct.pack("<H", PRIORITY_MEDIUM)),
-            _element(0x0800, struct.pack("<H", DATASET_PRESENT)),
-            _element(0x1000, sop_instance_uid.encode("ascii")),
-        )
+    return ul.command_set(
+        ul.element(ul.TAG_AFFECTED_SOP_CLASS, sop_class_uid.encode("ascii")),
+        ul.element(ul.TAG_COMMAND_FIELD, ul.us(ul.C_STORE_RQ)),
+        ul.element(ul.TAG_MESSAGE_ID, ul.us(message_id)),
+        ul.element(ul.TAG_PRIORITY, ul.us(PRIORITY_MEDIUM)),
+        ul.element(ul.TAG_DATASET_TYPE, ul.us(ul.DATASET_PRESENT)),
+        ul.element(ul.TAG_AFFECTED_SOP_INSTANCE, sop_instance_uid.encode("ascii")),
     )
-    return _element(0x0000, struct.pack("<I", len(body))) + body
-
-
-def _element(element: int, value: bytes) -> bytes:
-    if len(value) % 2:
-        value += b"\x00"  # UIDs are padded with NUL to an even length
-    return struct.pack("<HHI", 0x0000, element, len(value)) + value
-
-
-def _pdv_header(context_id: int, control: int, size: int) -> bytes:
-    """P-DATA-TF PDU header holding exactly one PDV item of ``size`` data bytes."""
-    return struct.pack(">BBIIBB", PDU_DATA, 0, size + PDV_OVERHEAD, size + 2, context_id, control)
 
 
 class StoreAssociation:
@@ -131,7 +103,7 @@ class StoreAssociation:
     def __init__(self, sock: socket.socket, maximum_pdu: int, accepted: dict[int, tuple[str, str]]):
         self._sock = sock
         limit = maximum_pdu or UNLIMITED_PDU_FRAGMENT
-        self._fragment = max(limit - PDV_OVERHEAD, 1)
+        self._fragment = max(limit - ul.PDV_OVERHEAD, 1)
         self.accepted = accepted  # context id -> (abstract syntax, transfer syntax)
         self.is_established = True
 
@@ -156,15 +128,15 @@ class StoreAssociation:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if ssl_context is not None:
                 sock = ssl_context.wrap_socket(sock)
-            _send(sock, [_associate_request(calling_ae, called_ae, contexts).encode()])
+            ul.send(sock, [_associate_request(calling_ae, called_ae, contexts).encode()])
             kind, raw = _read_pdu(sock)
-            if kind == PDU_ASSOCIATE_RJ:
+            if kind == ul.PDU_ASSOCIATE_RJ:
                 rejection = A_ASSOCIATE_RJ()
                 rejection.decode(raw)
                 raise AssociationError(
                     f"association rejected by {called_ae}: {_rejection_text(rejection)}"
                 )
-            if kind != PDU_ASSOCIATE_AC:
+            if kind != ul.PDU_ASSOCIATE_AC:
                 raise AssociationError(f"association not accepted (PDU type 0x{kind:02X})")
             answer = A_ASSOCIATE_AC()
             answer.decode(raw)
@@ -210,12 +182,12 @@ class StoreAssociation:
 
     def _send_request(self, context_id: int, command: bytes, dataset: DatasetSource) -> None:
         buffers: list[bytes | memoryview] = [
-            _pdv_header(context_id, CONTROL_COMMAND_LAST, len(command)),
+            ul.pdv_header(context_id, ul.CONTROL_COMMAND_LAST, len(command)),
             command,
         ]
         if dataset.data is not None:
             self._frame(context_id, memoryview(dataset.data), True, buffers)
-            _send(self._sock, buffers)
+            ul.send(self._sock, buffers)
             return
         assert dataset.path is not None
         with dataset.path.open("rb") as handle:
@@ -227,7 +199,7 @@ class StoreAssociation:
                     raise ValueError(f"{dataset.path.name} shrank while it was being sent")
                 remaining -= len(chunk)
                 self._frame(context_id, memoryview(chunk), remaining == 0, buffers)
-                _send(self._sock, buffers)
+                ul.send(self._sock, buffers)
                 buffers = []
 
     def _frame(
@@ -236,32 +208,27 @@ class StoreAssociation:
         for start in range(0, len(data), self._fragment):
             piece = data[start : start + self._fragment]
             last = ends and start + self._fragment >= len(data)
-            control = CONTROL_DATASET_LAST if last else CONTROL_DATASET
-            buffers.append(_pdv_header(context_id, control, len(piece)))
+            control = ul.CONTROL_DATASET_LAST if last else ul.CONTROL_DATASET
+            buffers.append(ul.pdv_header(context_id, control, len(piece)))
             buffers.append(piece)
 
     def _read_response(self, message_id: int) -> StoreResponse:
-        message = DIMSEMessage()
+        parts: list[bytes] = []
         while True:
             kind, raw = _read_pdu(self._sock)
-            if kind == PDU_ABORT:
+            if kind == ul.PDU_ABORT:
                 raise AssociationError("the destination aborted the association")
-            if kind == PDU_RELEASE_RQ:
-                _send(self._sock, [A_RELEASE_RP().encode()])
+            if kind == ul.PDU_RELEASE_RQ:
+                ul.send(self._sock, [A_RELEASE_RP().encode()])
                 raise AssociationError("the destination released the association mid-transfer")
-            if kind != PDU_DATA:
+            if kind != ul.PDU_DATA:
                 raise ValueError(f"unexpected PDU type 0x{kind:02X} while awaiting a response")
-            pdu = P_DATA_TF()
-            pdu.decode(raw)
-            if message.decode_msg(pdu.to_primitive()):
-                break
-        if not isinstance(message, C_STORE_RSP):
-            raise ValueError(f"expected a C-STORE response, got {type(message).__name__}")
-        command = message.command_set
-        if int(command.MessageIDBeingRespondedTo) != message_id:
-            raise ValueError("response to another message id")
-        comment = command.get("ErrorComment")
-        return StoreResponse(int(command.Status), str(comment) if comment else None)
+            for _, control, fragment in ul.pdv_items(memoryview(raw)[6:]):
+                if not control & ul.CONTROL_COMMAND:
+                    raise ValueError("a dataset where a C-STORE response was expected")
+                parts.append(bytes(fragment))
+                if control & ul.CONTROL_LAST:
+                    return _store_response(ul.parse_command(b"".join(parts)), message_id)
 
     # --- ending -------------------------------------------------------------------------------
     def release(self) -> None:
@@ -269,10 +236,10 @@ class StoreAssociation:
         if not self.is_established:
             return
         try:
-            _send(self._sock, [A_RELEASE_RQ().encode()])
+            ul.send(self._sock, [A_RELEASE_RQ().encode()])
             while True:
                 kind, _ = _read_pdu(self._sock)
-                if kind in (PDU_RELEASE_RP, PDU_ABORT):
+                if kind in (ul.PDU_RELEASE_RP, ul.PDU_ABORT):
                     break
         except (OSError, ValueError, AssociationError):
             pass
@@ -285,7 +252,7 @@ class StoreAssociation:
             abort = A_ABORT_RQ()
             abort.source = 0x00  # DICOM UL service-user
             abort.reason_diagnostic = 0x00
-            _send(self._sock, [abort.encode()])
+            ul.send(self._sock, [abort.encode()])
         except OSError:
             pass
         self._close()
@@ -335,6 +302,16 @@ def _accepted_contexts(
     return accepted
 
 
+def _store_response(command: ul.Command, message_id: int) -> StoreResponse:
+    if command.field != ul.C_STORE_RSP:
+        raise ValueError(f"expected a C-STORE response, got command 0x{command.field:04X}")
+    if command.responded_to != message_id:
+        raise ValueError("response to another message id")
+    if command.status is None:
+        raise ValueError("C-STORE response without a Status")
+    return StoreResponse(command.status, command.error_comment)
+
+
 def _rejection_text(rejection: A_ASSOCIATE_RJ) -> str:
     try:
         return f"{rejection.result_str}, {rejection.source_str}, {rejection.reason_str}"
@@ -345,33 +322,8 @@ def _rejection_text(rejection: A_ASSOCIATE_RJ) -> str:
         )
 
 
-def _send(sock: socket.socket, buffers: list[bytes | memoryview]) -> None:
-    """Hand every buffer to the kernel; gathered in one call where the socket allows it."""
-    if isinstance(sock, ssl.SSLSocket):  # TLS sockets have no sendmsg
-        sock.sendall(b"".join(buffers))
-        return
-    pending = [memoryview(buffer) for buffer in buffers]
-    while pending:
-        sent = sock.sendmsg(pending[:MAX_GATHER])  # the kernel takes at most IOV_MAX (1024)
-        while pending and sent >= len(pending[0]):
-            sent -= len(pending[0])
-            pending.pop(0)
-        if pending and sent:
-            pending[0] = pending[0][sent:]
-
-
-def _read_exactly(sock: socket.socket, size: int) -> bytes:
-    parts = []
-    while size:
-        chunk = sock.recv(min(size, 1 << 20))
-        if not chunk:
-            raise AssociationError("the destination closed the connection")
-        parts.append(chunk)
-        size -= len(chunk)
-    return b"".join(parts)
-
-
 def _read_pdu(sock: socket.socket) -> tuple[int, bytes]:
-    header = _read_exactly(sock, 6)
-    (length,) = struct.unpack(">I", header[2:6])
-    return header[0], header + _read_exactly(sock, length)
+    try:
+        return ul.read_pdu(sock)
+    except ul.PeerClosed:
+        raise AssociationError("the destination closed the connection") from None
