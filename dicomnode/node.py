@@ -158,7 +158,7 @@ class Node:
                 peer="spool-recovery",
                 association_id="recovery",
             )
-            outcome = self.intake.receive(item)
+            outcome = self.intake.adopt(item, path)
             if outcome.series_id is not None and not outcome.duplicate:
                 adopted += 1
         return adopted

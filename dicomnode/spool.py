@@ -1,4 +1,5 @@
-"""Durable storage of received instances: temp file, fdatasync, rename, fsync of the directory.
+"""Durable storage of received instances: temp file, fdatasync, link (or rename) into the spool,
+fsync of the directory.
 
 Only after all four steps may the node answer Success, so that an acknowledged instance survives
 a crash or a power cut. The free-space floor is checked first, because a nearly full disk also
@@ -51,17 +52,8 @@ def check_floor(path: Path, incoming: int, min_free_bytes: int) -> None:
 
 def write_durably(target: Path, data: bytes, tmp_dir: Path) -> None:
     """Write ``data`` to ``target`` so that it is either absent or complete after any crash."""
-    tmp = tmp_dir / f"{uuid.uuid4().hex}.part"
+    tmp = write_synced_temp(data, tmp_dir)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fdatasync(fd)  # data and size; the name is made durable by the directory sync
-        finally:
-            os.close(fd)
         new_dir = not target.parent.exists()
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, target)
@@ -73,6 +65,67 @@ def write_durably(target: Path, data: bytes, tmp_dir: Path) -> None:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise OutOfSpace(f"disk full while writing {target.name}") from exc
         raise
+
+
+def store_new(target: Path, data: bytes, tmp_dir: Path) -> bool:
+    """Durably store ``data`` at ``target`` unless a file is already there; False if it was."""
+    if target.exists():
+        return False
+    return publish(write_synced_temp(data, tmp_dir), target)
+
+
+def publish(tmp: Path, target: Path) -> bool:
+    """Give a synced temp file its spool name unless one is there already; False if it was.
+
+    The existence test and the publication are one step (a hard link, which never overwrites),
+    so two associations sending the same SOP Instance UID cannot both believe they stored it.
+    That lets the spool itself answer "duplicate" without a database query. The temp name is
+    always removed; one left by a crash is swept at the next start.
+    """
+    try:
+        new_dir = not target.parent.exists()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            if target.exists():  # a filesystem without hard links: test, then rename
+                return False
+            os.replace(tmp, target)
+        _fsync_dir(target.parent)
+        if new_dir:
+            _fsync_dir(target.parent.parent)
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OutOfSpace(f"disk full while writing {target.name}") from exc
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_synced_temp(data: bytes, tmp_dir: Path) -> Path:
+    """``data`` in a new file under ``tmp_dir``, on disk (fdatasync) when this returns."""
+    tmp = tmp_dir / f"{uuid.uuid4().hex}.part"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fdatasync(fd)  # data and size; the name is made durable by the directory sync
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OutOfSpace(f"disk full while writing {tmp.name}") from exc
+        raise
+    return tmp
 
 
 def _fsync_dir(folder: Path) -> None:

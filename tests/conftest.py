@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-POSTGRES_BASE = os.environ.get("DICOMNODE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+POSTGRES_BASE = os.environ.get(
+    "DICOMNODE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 
 
 def free_port() -> int:

@@ -212,7 +212,8 @@ def delivery_summary(session, job_id: int) -> list[dict[str, object]]:  # type: 
                 "max_attempts": max_attempts,
                 "attempts": total_attempts,
                 "last_attempt_at": last_attempt,
-                "last_status": None if last is None or last.last_status is None
+                "last_status": None
+                if last is None or last.last_status is None
                 else f"0x{last.last_status:04X}",
                 "last_error": None if last is None else last.last_error,
             }

@@ -87,6 +87,7 @@ check_interval_seconds = 0.2
 
     def start(self, timeout: float = 30.0) -> RunningNode:
         log = self.log_path.open("ab")
+        earlier = log.tell()  # a restart must not take the last run's "node ready" for its own
         self.process = subprocess.Popen(
             [str(BIN), "serve", "--config", str(self.config_path)],
             stdout=log,
@@ -97,7 +98,10 @@ check_interval_seconds = 0.2
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"node exited at start:\n{self.log_path.read_text()}")
-            if '"node ready"' in self.log_path.read_text(errors="replace"):
+            with self.log_path.open("rb") as current:
+                current.seek(earlier)
+                ready = b'"node ready"' in current.read()
+            if ready:
                 return self
             time.sleep(0.1)
         raise RuntimeError(f"node did not become ready:\n{self.log_path.read_text()}")

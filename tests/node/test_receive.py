@@ -161,6 +161,7 @@ def test_corrupt_dataset_is_quarantined_and_good_series_completes(node, brain, t
     reasons = list((node.data_dir / "quarantine").glob("*.reason.txt"))
     assert len(quarantined) == 1 and len(reasons) == 1
     assert "PixelData holds" in reasons[0].read_text()
+    assert not list((node.data_dir / "spool" / ".tmp").iterdir())  # no temp file left behind
 
 
 def test_free_space_floor_answers_out_of_resources(tmp_path, brain):
@@ -209,5 +210,33 @@ def test_node_on_postgresql(tmp_path, brain, postgres_url):
         )
         assert series[0]["instances"] == 30
         assert node.jobs()[0]["state"] == "queued"
+    finally:
+        node.stop()
+
+
+def test_commits_lost_to_a_power_cut_are_recovered_from_the_spool(tmp_path, brain):
+    """SQLite runs with synchronous=NORMAL: the spooled files, not the commits, are the truth."""
+    node = RunningNode(tmp_path / "node", free_port()).start()
+    files = write_lowfield_series(brain, tmp_path / "s", seed=12)
+    storescu(node.port, files[:5])
+    node.stop()
+    with sqlite3.connect(node.data_dir / "dicomnode.sqlite3") as conn:
+        lost = [row[0] for row in conn.execute("select id from instances order by id desc limit 2")]
+        conn.execute(f"delete from instances where id in ({lost[0]}, {lost[1]})")
+        conn.execute("update series set instances = instances - 2, frames = frames - 2")
+    assert len(_db_instances(node)) == 3
+    node.start()
+    try:
+        assert "spooled files missing from the database re-recorded" in node.log_path.read_text()
+        assert len(_db_instances(node)) == 5
+        assert node.series()[0]["instances"] == 5
+        result = storescu(node.port, files[3:5])  # the sender retries them: stored once
+        assert result.stderr.count("Received Store Response (Success)") == 2
+        storescu(node.port, files[5:])
+        node.wait_for(
+            lambda: [s for s in node.series() if s["state"] == "complete"], what="completion"
+        )
+        assert node.series()[0]["instances"] == 30
+        assert len(_db_instances(node)) == 30
     finally:
         node.stop()
