@@ -10,7 +10,6 @@ import io
 import logging
 import re
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +27,8 @@ from dicomnode.spool import (
     OutOfSpace,
     SpoolLayout,
     check_floor,
-    publish,
+    store_new,
     write_durably,
-    write_synced_temp,
 )
 
 log = logging.getLogger("dicomnode.intake")
@@ -40,8 +38,6 @@ OUT_OF_RESOURCES = 0xA700
 DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0x0110
-
-WRITER_THREADS = 8  # temp-file writes in flight at once, one per storing association at most
 
 _UID = re.compile(r"^(0|[1-9]\d*)(\.(0|[1-9]\d*))*$")
 _NATIVE_SYNTAXES = {
@@ -85,33 +81,22 @@ class Intake:
         self.database = database
         self.layout = layout
         self.min_free_bytes = min_free_bytes
-        self._writers = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="spool-write")
 
     def receive(self, item: Received) -> Outcome:
-        # The temp file is written and synced (I/O, without the GIL) while this thread parses:
-        # the two take about as long each, and the instance waits for the slower only.
-        pending = self._writers.submit(self._write_temp, item)
         try:
             dataset = _parse(item)
             _check_consistency(item, dataset)
         except Rejected as exc:
-            _discard(pending)
             self._quarantine(item, exc.status, exc.reason)
             return Outcome(exc.status, reason=exc.reason)
         try:
-            return self._store(item, dataset, pending)
+            return self._store(item, dataset)
         except OutOfSpace as exc:
             log.error("refused: %s", exc, extra=_ids(item))
             return Outcome(OUT_OF_RESOURCES, reason=str(exc))
         except Exception as exc:  # noqa: BLE001 - any failure must become a failure status
             log.exception("store failed", extra=_ids(item))
             return Outcome(PROCESSING_FAILURE, reason=f"{type(exc).__name__}: {exc}")
-        finally:
-            _discard(pending)
-
-    def _write_temp(self, item: Received) -> Path:
-        check_floor(self.layout.root, len(item.data), self.min_free_bytes)
-        return write_synced_temp(item.data, self.layout.root / ".tmp")
 
     def adopt(self, item: Received, path: Path) -> Outcome:
         """Record a spooled file the database lacks (a commit lost to a crash), keeping it."""
@@ -122,13 +107,7 @@ class Intake:
             return Outcome(exc.status, reason=exc.reason)
         return self._store(item, dataset, spooled=path)
 
-    def _store(
-        self,
-        item: Received,
-        dataset: Dataset,
-        pending: Future[Path] | None = None,
-        spooled: Path | None = None,
-    ) -> Outcome:
+    def _store(self, item: Received, dataset: Dataset, spooled: Path | None = None) -> Outcome:
         """The hot path: the spool answers "duplicate", one Core transaction records the rest.
 
         ORM sessions cost ~1.5 ms per instance and a separate duplicate query ~0.35 ms; a file
@@ -140,9 +119,9 @@ class Intake:
         if spooled is not None:
             target = spooled
         else:
-            assert pending is not None
             target = self.layout.path_for(series_uid, sop_uid)
-            if not publish(pending.result(), target):
+            check_floor(self.layout.root, len(item.data), self.min_free_bytes)
+            if not store_new(target, item.data, self.layout.root / ".tmp"):
                 log.info("duplicate instance answered Success, stored once", extra=_ids(item))
                 return Outcome(SUCCESS, duplicate=True)
         try:
@@ -197,14 +176,6 @@ class Intake:
         except Exception:  # noqa: BLE001 - the refusal status is still answered
             log.exception("could not record the quarantined dataset", extra=_ids(item))
         log.warning("refused and quarantined: %s", reason, extra={**_ids(item), "status": status})
-
-
-def _discard(pending: Future[Path]) -> None:
-    """Remove the temp file of an instance that was refused or failed; a no-op once published."""
-    try:
-        pending.result().unlink(missing_ok=True)
-    except Exception:  # noqa: BLE001 - its failure was reported by whoever asked for the result
-        pass
 
 
 def _ids(item: Received) -> dict[str, object]:
