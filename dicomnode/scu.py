@@ -48,6 +48,7 @@ from dicomnode import ul
 
 OUR_MAXIMUM_PDU = 65536  # responses are a few hundred bytes; this only bounds what we accept
 UNLIMITED_PDU_FRAGMENT = 1 << 20  # when the peer sets no limit, still send bounded PDUs
+WHOLE_READ_BYTES = 8 * 2**20
 READ_CHUNK_PDUS = 16  # PDUs read from disk and handed to the kernel at a time
 PRIORITY_MEDIUM = 0x0000
 
@@ -68,17 +69,22 @@ class DatasetSource:
 
     path: Path | None = None
     offset: int = 0
-    data: bytes | None = None
+    data: bytes | memoryview | None = None
 
     @classmethod
     def from_file(cls, path: Path) -> DatasetSource:
-        return cls(path=path, offset=dataset_offset(path))
+        """Files up to ``WHOLE_READ_BYTES`` are read in one go (one open, one read per
+        instance); larger ones are streamed from disk while they are sent."""
+        with path.open("rb") as handle:
+            if os.fstat(handle.fileno()).st_size <= WHOLE_READ_BYTES:
+                whole = handle.read()
+                return cls(data=memoryview(whole)[_dataset_offset(whole[:144], path) :])
+            head = handle.read(144)
+        return cls(path=path, offset=_dataset_offset(head, path))
 
 
-def dataset_offset(path: Path) -> int:
+def _dataset_offset(head: bytes, path: Path) -> int:
     """Where the dataset starts in a Part 10 file, from its meta group length when present."""
-    with path.open("rb") as handle:
-        head = handle.read(144)
     # preamble (128), "DICM", then (0002,0000) UL, explicit VR little endian: tag, "UL", 4, value
     if len(head) == 144 and head[128:132] == b"DICM" and head[132:138] == b"\x02\x00\x00\x00UL":
         return 144 + struct.unpack("<I", head[140:144])[0]

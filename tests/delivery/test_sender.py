@@ -109,6 +109,22 @@ def test_refused_stored_syntax_is_sent_as_explicit_le_with_identical_pixels(
         assert got.PixelData == sent.PixelData
 
 
+def test_files_streamed_from_disk_arrive_byte_identical(tmp_path, brain, storescp, monkeypatch):
+    """Files above the whole-read size go to the socket in chunks of PDUs read from disk."""
+    monkeypatch.setattr("dicomnode.scu.WHOLE_READ_BYTES", 0)
+    monkeypatch.setattr("dicomnode.scu.READ_CHUNK_PDUS", 1)
+    files = write_lowfield_series(brain, tmp_path / "s", seed=65, rows=128)[:2]
+    scp = storescp("--max-pdu", "4096")  # 32 KiB of pixels in 4 KiB PDUs, one per read
+
+    results = _send(_destination(scp.port), files)
+
+    assert [r.outcome for r in results] == [SUCCESS] * 2, results
+    received = {str(pydicom.dcmread(p).SOPInstanceUID): p for p in scp.files()}
+    for path in files:
+        sent = pydicom.dcmread(path)
+        assert pydicom.dcmread(received[str(sent.SOPInstanceUID)]).PixelData == sent.PixelData
+
+
 def test_abort_after_a_request_fails_it_and_the_rest_without_hanging(tmp_path, brain, storescp):
     files = write_lowfield_series(brain, tmp_path / "s", seed=62, rows=64)[:3]
     scp = storescp("--abort-after")
