@@ -80,6 +80,7 @@ class NodeSettings(_Strict):
     max_pdu_size: int = Field(default=0, ge=0)
     network_timeout_seconds: float = Field(default=60.0, gt=0)
     max_associations: int = Field(default=16, ge=1)
+    receiver_processes: int = Field(default=1, ge=1, le=64)
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     tls: TLSSettings | None = None

@@ -21,6 +21,7 @@ from dicomnode.config import Config
 from dicomnode.delivery import DeliveryService
 from dicomnode.http import HealthServer
 from dicomnode.intake import Intake, Received
+from dicomnode.receivers import ReceiverPool
 from dicomnode.registry import RegistryError, sync_released
 from dicomnode.retention import purge
 from dicomnode.runner import OUTPUTS_SUBDIR, JobRunner
@@ -45,7 +46,13 @@ class Node:
         self.assembler = SeriesAssembler(
             self.database, config.rules, config.completion.quiet_seconds
         )
-        self.scp = StoreSCP(config, self.intake, self.assembler)
+        # One listener in this process, or several receiver processes on one shared socket.
+        self.scp: StoreSCP | None = None
+        self.receivers: ReceiverPool | None = None
+        if node.receiver_processes > 1:
+            self.receivers = ReceiverPool(config, node.receiver_processes)
+        else:
+            self.scp = StoreSCP(config, self.intake, self.assembler)
         self.delivery = DeliveryService(self.database, config)
         self.runner = JobRunner(
             self.database, config, on_stored=self.delivery.wake, on_forward=self.delivery.wake
@@ -68,7 +75,11 @@ class Node:
                 "spooled files missing from the database re-recorded", extra={"count": adopted}
             )
         self.register_released_models()
-        self.scp.start()
+        if self.receivers is not None:
+            self.receivers.start()
+        else:
+            assert self.scp is not None
+            self.scp.start()
         self.runner.start()
         self.delivery.start()
         self._monitor = threading.Thread(target=self._monitor_loop, name="monitor", daemon=True)
@@ -78,7 +89,10 @@ class Node:
     def stop(self) -> None:
         """Stop accepting associations, then let delivery commit what is in flight."""
         self._stop.set()
-        self.scp.stop()
+        if self.receivers is not None:
+            self.receivers.stop()
+        if self.scp is not None:
+            self.scp.stop()
         self.http.stop()
         if not self.runner.stop():
             log.warning("job runner did not stop in time; interrupted jobs run again at start")
@@ -87,6 +101,14 @@ class Node:
         if self._monitor is not None:
             self._monitor.join(timeout=10)
         self.database.dispose()
+
+    @property
+    def port(self) -> int:
+        """The DICOM port actually listened on (the configured one, or the one given for 0)."""
+        if self.receivers is not None:
+            return self.receivers.port
+        assert self.scp is not None
+        return self.scp.port
 
     def health(self) -> dict[str, object]:
         """What /healthz and the systemd watchdog look at; ``healthy`` when every check holds."""
@@ -115,6 +137,7 @@ class Node:
             "monitor": self._monitor is not None and self._monitor.is_alive(),
             **{f"delivery-{n}": alive for n, alive in self.delivery.alive().items()},
             **self.runner.alive(),
+            **(self.receivers.alive() if self.receivers is not None else {}),
         }
         checks["workers"] = workers
         healthy = all(

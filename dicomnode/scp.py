@@ -139,11 +139,24 @@ class _Listener(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     block_on_close = False  # StoreSCP.stop joins the association threads with a bound
 
-    def __init__(self, address: tuple[str, int], scp: StoreSCP):
+    def __init__(self, address: tuple[str, int], scp: StoreSCP, shared: socket.socket | None):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.scp = scp
-        super().__init__(address, _Handler)
+        super().__init__(address, _Handler, bind_and_activate=shared is None)
+        if shared is not None:
+            # Several receiver processes accept on one inherited socket: non-blocking, so the
+            # processes that lose the race for a connection go back to waiting.
+            self.socket.close()
+            self.socket = shared
+            self.socket.setblocking(False)
+            self.server_address = shared.getsockname()
+
+
+def listening_socket(bind_address: str, port: int) -> socket.socket:
+    """The bound, listening TCP socket that receiver processes share."""
+    family = socket.AF_INET6 if ":" in bind_address else socket.AF_INET
+    return socket.create_server((bind_address, port), family=family, backlog=128)
 
 
 class _Handler(socketserver.BaseRequestHandler):
@@ -154,8 +167,17 @@ class _Handler(socketserver.BaseRequestHandler):
 
 
 class StoreSCP:
-    def __init__(self, config: Config, intake: Intake, assembler: SeriesAssembler):
+    """The listener of one process; ``receiver.py`` runs several on one shared socket."""
+
+    def __init__(
+        self,
+        config: Config,
+        intake: Intake,
+        assembler: SeriesAssembler,
+        max_associations: int | None = None,
+    ):
         self.config = config
+        self.max_associations = max_associations or config.node.max_associations
         self.intake = intake
         self.assembler = assembler
         self._networks = config.node.accept.networks()
@@ -169,10 +191,10 @@ class StoreSCP:
         self._ids = itertools.count(1)
         self.stopping = threading.Event()
 
-    def start(self) -> None:
+    def start(self, shared: socket.socket | None = None) -> None:
         node = self.config.node
         self.stopping.clear()
-        self._server = _Listener((node.bind_address, node.port), self)
+        self._server = _Listener((node.bind_address, node.port), self, shared)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="scp-listener"
         )
@@ -229,7 +251,7 @@ class StoreSCP:
         association = _Association(self, sock, peer, number)
         with self._lock:
             self._active[number] = association
-            crowded = len(self._active) > self.config.node.max_associations
+            crowded = len(self._active) > self.max_associations
         try:
             association.run(crowded)
         finally:

@@ -45,12 +45,12 @@ def serve(config: ConfigOption = None) -> None:
     log.info(
         "node ready",
         extra={
-            "port": node.scp.port,
+            "port": node.port,
             "ae_title": settings.node.ae_title,
             "http_port": node.http_port,
         },
     )
-    notify(f"READY=1\nSTATUS=listening on port {node.scp.port}")
+    notify(f"READY=1\nSTATUS=listening on port {node.port}")
     start_watchdog(lambda: node.health()["healthy"], stop)
     stop.wait()
     notify("STOPPING=1")
