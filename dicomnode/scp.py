@@ -19,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import logging
+import os
 import socket
 import socketserver
 import ssl
@@ -287,7 +288,7 @@ class _Association:
         self.scp = scp
         self.sock = sock
         self.peer = peer
-        self.id = str(number)
+        self.id = f"{os.getpid()}-{number}"  # unique across receiver processes
         self.finished = threading.Event()
         self.calling_ae = ""
         self.accepted: dict[int, tuple[str, str]] = {}  # context id -> (abstract, transfer)
@@ -295,8 +296,8 @@ class _Association:
         self.touched: set[int] = set()
         self.stored = 0
         self.stream: BinaryIO = sock.makefile("rb", buffering=READ_BUFFER_BYTES)
-        maximum = scp.config.node.max_pdu_size
-        self.pdu_limit = min(maximum, PDU_MEMORY_LIMIT) if maximum else PDU_MEMORY_LIMIT
+        # Not the advertised max_pdu_size: a sender overshooting it a little is still served.
+        self.pdu_limit = PDU_MEMORY_LIMIT
 
     def _extra(self) -> dict[str, object]:
         return {"association_id": self.id, "calling_ae": self.calling_ae, "peer": self.peer}
@@ -335,6 +336,9 @@ class _Association:
             self._abort(ABORT_SOURCE_PROVIDER, ABORT_INVALID_PARAMETER)
         except (OSError, ValueError) as exc:
             log.warning("association ended: %s: %s", type(exc).__name__, exc, extra=self._extra())
+        except Exception:  # noqa: BLE001 - one broken association must not reach the others
+            log.exception("association failed", extra=self._extra())
+            self._abort(ABORT_SOURCE_PROVIDER, 0x00)
         finally:
             self._close()
 
@@ -343,9 +347,12 @@ class _Association:
         kind, body = ul.read_pdu_buffered(self.stream, self.pdu_limit)
         if kind != ul.PDU_ASSOCIATE_RQ:
             raise ul.ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type 0x{kind:02X}")
-        request = A_ASSOCIATE_RQ()
-        request.decode(_whole_pdu(kind, body))
-        primitive = request.to_primitive()
+        try:
+            request = A_ASSOCIATE_RQ()
+            request.decode(_whole_pdu(kind, body))
+            primitive = request.to_primitive()
+        except Exception as exc:  # noqa: BLE001 - pynetdicom raises many types on garbage
+            raise ul.ProtocolError(f"malformed A-ASSOCIATE-RQ ({type(exc).__name__})") from None
         self.calling_ae = _text(primitive.calling_ae_title)
         called = _text(primitive.called_ae_title)
         extra = {**self._extra(), "called_ae": called}

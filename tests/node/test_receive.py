@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pydicom
@@ -240,3 +242,26 @@ def test_commits_lost_to_a_power_cut_are_recovered_from_the_spool(tmp_path, brai
         assert len(_db_instances(node)) == 30
     finally:
         node.stop()
+
+
+def test_echo_and_garbage_on_the_wire(node, brain, tmp_path):
+    """echoscu gets C-ECHO; a connection sending junk is aborted and the node carries on."""
+    require_tool("echoscu")
+    echo = subprocess.run(
+        ["echoscu", "-v", "-aet", "SCANNER", "-aec", "IQTNODE", "127.0.0.1", str(node.port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert echo.returncode == 0, echo.stderr
+    assert "Received Echo Response (Success)" in echo.stderr + echo.stdout
+    for junk in (b"\x01\x00\x00\x00\x00\x08garbage!", b"\x04\x00\x00\x00\x00\x02\x00\x00"):
+        with socket.create_connection(("127.0.0.1", node.port), timeout=10) as sock:
+            sock.sendall(junk)
+            answer = sock.recv(64)
+        assert answer[:1] == b"\x07"  # A-ABORT
+    files = write_lowfield_series(brain, tmp_path / "s", seed=13)
+    result = storescu(node.port, files[:2])
+    assert result.stderr.count("Received Store Response (Success)") == 2
+    log = node.log_path.read_text()
+    assert "malformed A-ASSOCIATE-RQ" in log and "expected A-ASSOCIATE-RQ" in log
