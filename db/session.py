@@ -21,7 +21,6 @@ from sqlalchemy.orm import Session, sessionmaker
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 BEGIN_RETRY_FIRST_SECONDS = 0.0001
 BEGIN_RETRY_MAX_SECONDS = 0.001
-READ_ONLY = "dicomnode_read_only"  # execution option: this transaction only reads
 
 
 def make_engine(url: str) -> Engine:
@@ -56,12 +55,7 @@ def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(connection) -> None:  # type: ignore[no-untyped-def]
         # Straight to the driver: through SQLAlchemy this statement cost ~0.1 ms per transaction.
-        # A read-only transaction takes no write lock: in WAL mode it never waits for writers.
-        driver = connection.connection.driver_connection
-        if connection.get_execution_options().get(READ_ONLY, False):
-            driver.execute("BEGIN")
-        else:
-            begin_immediate(driver)
+        begin_immediate(connection.connection.driver_connection)
 
 
 def begin_immediate(driver: sqlite3.Connection) -> None:
@@ -113,13 +107,6 @@ class Database:
         """A Core transaction for hot paths, where ORM sessions cost milliseconds per call."""
         with self.engine.begin() as connection:
             yield connection
-
-    @contextmanager
-    def reader(self) -> Iterator[Connection]:
-        """A read-only Core transaction that never queues behind writers on SQLite."""
-        with self.engine.connect().execution_options(**{READ_ONLY: True}) as connection:
-            with connection.begin():
-                yield connection
 
     def dispose(self) -> None:
         self.engine.dispose()
