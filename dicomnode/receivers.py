@@ -96,29 +96,34 @@ class ReceiverPool:
         fd = self._socket.fileno()
         ready_read, ready_write = os.pipe()
         try:
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "dicomnode.receivers",
-                    "--fd",
-                    str(fd),
-                    "--index",
-                    str(index),
-                    "--max-associations",
-                    str(self.max_associations),
-                    "--ready-fd",
-                    str(ready_write),
-                    "--parent",
-                    str(os.getpid()),
-                ],
-                stdin=subprocess.PIPE,
-                pass_fds=(fd, ready_write),
-            )
-            os.close(ready_write)
+            try:
+                process = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "dicomnode.receivers",
+                        "--fd",
+                        str(fd),
+                        "--index",
+                        str(index),
+                        "--max-associations",
+                        str(self.max_associations),
+                        "--ready-fd",
+                        str(ready_write),
+                        "--parent",
+                        str(os.getpid()),
+                    ],
+                    stdin=subprocess.PIPE,
+                    pass_fds=(fd, ready_write),
+                )
+            finally:
+                os.close(ready_write)  # the child holds its own copy
             assert process.stdin is not None
-            process.stdin.write(self.config.model_dump_json().encode("utf-8"))
-            process.stdin.close()
+            try:
+                process.stdin.write(self.config.model_dump_json().encode("utf-8"))
+                process.stdin.close()
+            except OSError:  # it died at once; it will not report ready either
+                pass
             readable, _, _ = select.select([ready_read], [], [], READY_TIMEOUT_SECONDS)
             ready = bool(readable) and os.read(ready_read, 1) == b"R"
         finally:
