@@ -51,8 +51,6 @@ from pynetdicom._globals import APPLICATION_CONTEXT_NAME
 from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ, A_RELEASE_RP
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
-    ImplementationClassUIDNotification,
-    ImplementationVersionNameNotification,
     MaximumLengthNotification,
 )
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
@@ -397,13 +395,7 @@ class _Association:
         primitive.result = 0x00
         primitive.result_source = 0x01
         primitive.presentation_context_definition_results_list = results
-        maximum = MaximumLengthNotification()
-        maximum.maximum_length_received = self.scp.config.node.max_pdu_size
-        implementation = ImplementationClassUIDNotification()
-        implementation.implementation_class_uid = PYNETDICOM_IMPLEMENTATION_UID
-        version = ImplementationVersionNameNotification()
-        version.implementation_version_name = PYNETDICOM_IMPLEMENTATION_VERSION
-        primitive.user_information = [maximum, implementation, version]
+        primitive.user_information = ul.user_information(self.scp.config.node.max_pdu_size)
         pdu = A_ASSOCIATE_AC()
         pdu.from_primitive(primitive)
         return pdu

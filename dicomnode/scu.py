@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.uid import UID
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom._globals import APPLICATION_CONTEXT_NAME
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.pdu import (
@@ -38,8 +37,6 @@ from pynetdicom.pdu import (
 )
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
-    ImplementationClassUIDNotification,
-    ImplementationVersionNameNotification,
     MaximumLengthNotification,
 )
 from pynetdicom.presentation import PresentationContext
@@ -281,13 +278,7 @@ def _associate_request(
     for index, context in enumerate(contexts):
         context.context_id = 2 * index + 1  # odd numbers, PS3.8 9.3.2.2
     primitive.presentation_context_definition_list = list(contexts)
-    maximum = MaximumLengthNotification()
-    maximum.maximum_length_received = OUR_MAXIMUM_PDU
-    implementation = ImplementationClassUIDNotification()
-    implementation.implementation_class_uid = PYNETDICOM_IMPLEMENTATION_UID
-    version = ImplementationVersionNameNotification()
-    version.implementation_version_name = PYNETDICOM_IMPLEMENTATION_VERSION
-    primitive.user_information = [maximum, implementation, version]
+    primitive.user_information = ul.user_information(OUR_MAXIMUM_PDU)
     pdu = A_ASSOCIATE_RQ()
     pdu.from_primitive(primitive)
     return pdu

@@ -15,6 +15,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+from pynetdicom.pdu_primitives import (
+    ImplementationClassUIDNotification,
+    ImplementationVersionNameNotification,
+    MaximumLengthNotification,
+)
+
 PDU_ASSOCIATE_RQ = 0x01
 PDU_ASSOCIATE_AC = 0x02
 PDU_ASSOCIATE_RJ = 0x03
@@ -139,6 +146,23 @@ def parse_command(data: bytes) -> Command:
         status=number(TAG_STATUS),
         error_comment=comment or None,
     )
+
+
+def user_information(
+    maximum_pdu: int,
+) -> list[
+    MaximumLengthNotification
+    | ImplementationClassUIDNotification
+    | ImplementationVersionNameNotification
+]:
+    """The user information items both our requestor and our acceptor send (PS3.7 D.3.3)."""
+    maximum = MaximumLengthNotification()
+    maximum.maximum_length_received = maximum_pdu
+    implementation = ImplementationClassUIDNotification()
+    implementation.implementation_class_uid = PYNETDICOM_IMPLEMENTATION_UID
+    version = ImplementationVersionNameNotification()
+    version.implementation_version_name = PYNETDICOM_IMPLEMENTATION_VERSION
+    return [maximum, implementation, version]
 
 
 def pdv_header(context_id: int, control: int, size: int) -> bytes:
