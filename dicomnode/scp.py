@@ -547,13 +547,8 @@ class _Association:
             )
         data = ul.command_set(*elements)
         limit = self.peer_maximum_pdu - ul.PDV_OVERHEAD if self.peer_maximum_pdu else len(data)
-        step = max(limit, 1)
         buffers: list[bytes | memoryview] = []
-        for start in range(0, len(data), step):
-            piece = data[start : start + step]
-            last = start + step >= len(data)
-            control = ul.CONTROL_COMMAND_LAST if last else ul.CONTROL_COMMAND
-            buffers += [ul.pdv_header(context_id, control, len(piece)), piece]
+        ul.frame(buffers, context_id, data, max(limit, 1), command=True, ends=True)
         ul.send(self.sock, buffers)
 
     # --- endings ----------------------------------------------------------------------------

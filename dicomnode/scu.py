@@ -184,12 +184,10 @@ class StoreAssociation:
             raise AssociationError(f"{type(exc).__name__}: {exc}") from None
 
     def _send_request(self, context_id: int, command: bytes, dataset: DatasetSource) -> None:
-        buffers: list[bytes | memoryview] = [
-            ul.pdv_header(context_id, ul.CONTROL_COMMAND_LAST, len(command)),
-            command,
-        ]
+        buffers: list[bytes | memoryview] = []
+        ul.frame(buffers, context_id, command, self._fragment, command=True, ends=True)
         if dataset.data is not None:
-            self._frame(context_id, memoryview(dataset.data), True, buffers)
+            ul.frame(buffers, context_id, dataset.data, self._fragment, command=False, ends=True)
             ul.send(self._sock, buffers)
             return
         assert dataset.path is not None
@@ -201,19 +199,11 @@ class StoreAssociation:
                 if not chunk:
                     raise ValueError(f"{dataset.path.name} shrank while it was being sent")
                 remaining -= len(chunk)
-                self._frame(context_id, memoryview(chunk), remaining == 0, buffers)
+                ul.frame(
+                    buffers, context_id, chunk, self._fragment, command=False, ends=remaining == 0
+                )
                 ul.send(self._sock, buffers)
                 buffers = []
-
-    def _frame(
-        self, context_id: int, data: memoryview, ends: bool, buffers: list[bytes | memoryview]
-    ) -> None:
-        for start in range(0, len(data), self._fragment):
-            piece = data[start : start + self._fragment]
-            last = ends and start + self._fragment >= len(data)
-            control = ul.CONTROL_DATASET_LAST if last else ul.CONTROL_DATASET
-            buffers.append(ul.pdv_header(context_id, control, len(piece)))
-            buffers.append(piece)
 
     def _read_response(self, message_id: int) -> StoreResponse:
         parts: list[bytes] = []

@@ -35,9 +35,7 @@ MAX_GATHER = 512  # buffers per sendmsg call; the kernel takes at most IOV_MAX (
 
 CONTROL_COMMAND = 0x01  # message control header, bit 0: command (1) or dataset (0)
 CONTROL_LAST = 0x02  # bit 1: last fragment of the command or dataset
-CONTROL_COMMAND_LAST = CONTROL_COMMAND | CONTROL_LAST
 CONTROL_DATASET = 0x00
-CONTROL_DATASET_LAST = CONTROL_LAST
 
 C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
@@ -56,15 +54,6 @@ TAG_DATASET_TYPE = 0x0800
 TAG_STATUS = 0x0900
 TAG_ERROR_COMMENT = 0x0902
 TAG_AFFECTED_SOP_INSTANCE = 0x1000
-
-_US_TAGS = {
-    TAG_COMMAND_FIELD,
-    TAG_MESSAGE_ID,
-    TAG_MESSAGE_ID_RESPONDED,
-    TAG_PRIORITY,
-    TAG_DATASET_TYPE,
-    TAG_STATUS,
-}
 
 
 class PeerClosed(Exception):
@@ -168,6 +157,23 @@ def user_information(
 def pdv_header(context_id: int, control: int, size: int) -> bytes:
     """P-DATA-TF PDU header holding exactly one PDV item of ``size`` data bytes."""
     return struct.pack(">BBIIBB", PDU_DATA, 0, size + PDV_OVERHEAD, size + 2, context_id, control)
+
+
+def frame(
+    buffers: list[bytes | memoryview],
+    context_id: int,
+    data: bytes | memoryview,
+    fragment: int,
+    command: bool,
+    ends: bool,
+) -> None:
+    """Append ``data`` as P-DATA-TF PDUs of one PDV each, at most ``fragment`` bytes of data
+    apiece; the last one carries the last-fragment bit when ``ends``."""
+    kind = CONTROL_COMMAND if command else CONTROL_DATASET
+    for start in range(0, len(data), fragment):
+        piece = data[start : start + fragment]
+        last = ends and start + fragment >= len(data)
+        buffers += [pdv_header(context_id, kind | (CONTROL_LAST if last else 0), len(piece)), piece]
 
 
 def pdv_items(body: memoryview) -> Iterator[tuple[int, int, memoryview]]:
