@@ -259,29 +259,21 @@ _SERIES_COLUMNS = (
     Series.instances,
     Series.expected_instances,
 )
+_COUNT = (
+    update(Series)
+    .values(
+        instances=Series.instances + 1,
+        frames=Series.frames + bindparam("added_frames"),
+        last_received=bindparam("now"),
+    )
+    .returning(*_SERIES_COLUMNS)
+)
 # Counting the instance also locks the series row (PostgreSQL) and tells whether it is still
 # receiving, in one statement; the series columns come back after the increment.
-_COUNT_INTO_RECEIVING = (
-    update(Series)
-    .where(Series.series_uid == bindparam("uid"))
-    .where(Series.state == SeriesState.RECEIVING)
-    .values(
-        instances=Series.instances + 1,
-        frames=Series.frames + bindparam("added_frames"),
-        last_received=bindparam("now"),
-    )
-    .returning(*_SERIES_COLUMNS)
+_COUNT_INTO_RECEIVING = _COUNT.where(Series.series_uid == bindparam("uid")).where(
+    Series.state == SeriesState.RECEIVING
 )
-_COUNT_BY_ID = (
-    update(Series)
-    .where(Series.id == bindparam("series_id"))
-    .values(
-        instances=Series.instances + 1,
-        frames=Series.frames + bindparam("added_frames"),
-        last_received=bindparam("now"),
-    )
-    .returning(*_SERIES_COLUMNS)
-)
+_COUNT_BY_ID = _COUNT.where(Series.id == bindparam("series_id"))
 _INSERT_INSTANCE = insert(Instance)
 _ANNOUNCE = (
     update(Series)

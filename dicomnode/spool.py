@@ -54,12 +54,9 @@ def write_durably(target: Path, data: bytes, tmp_dir: Path) -> None:
     """Write ``data`` to ``target`` so that it is either absent or complete after any crash."""
     tmp = write_synced_temp(data, tmp_dir)
     try:
-        new_dir = not target.parent.exists()
-        target.parent.mkdir(parents=True, exist_ok=True)
+        new_dir = _ensure_parent(target)
         os.replace(tmp, target)
-        _fsync_dir(target.parent)
-        if new_dir:
-            _fsync_dir(target.parent.parent)
+        _sync_name(target, new_dir)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -83,8 +80,7 @@ def publish(tmp: Path, target: Path) -> bool:
     always removed; one left by a crash is swept at the next start.
     """
     try:
-        new_dir = not target.parent.exists()
-        target.parent.mkdir(parents=True, exist_ok=True)
+        new_dir = _ensure_parent(target)
         try:
             os.link(tmp, target)
         except FileExistsError:
@@ -95,9 +91,7 @@ def publish(tmp: Path, target: Path) -> bool:
             if target.exists():  # a filesystem without hard links: test, then rename
                 return False
             os.replace(tmp, target)
-        _fsync_dir(target.parent)
-        if new_dir:
-            _fsync_dir(target.parent.parent)
+        _sync_name(target, new_dir)
         return True
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -126,6 +120,20 @@ def write_synced_temp(data: bytes, tmp_dir: Path) -> Path:
             raise OutOfSpace(f"disk full while writing {tmp.name}") from exc
         raise
     return tmp
+
+
+def _ensure_parent(target: Path) -> bool:
+    """Create the target's folder if needed; True when it is new (its own name needs a sync)."""
+    new_dir = not target.parent.exists()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return new_dir
+
+
+def _sync_name(target: Path, new_dir: bool) -> None:
+    """Make the target's directory entry (and a new folder's) durable."""
+    _fsync_dir(target.parent)
+    if new_dir:
+        _fsync_dir(target.parent.parent)
 
 
 def _fsync_dir(folder: Path) -> None:
