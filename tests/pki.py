@@ -78,3 +78,13 @@ def pki(tmp_path_factory) -> Path:
     _signed(folder, "hospital-ca", "scanner", "DNS:scanner")
     _signed(folder, "other-ca", "stranger", "DNS:stranger")
     return folder
+
+
+def node_tls_section(pki: Path) -> str:
+    """The ``[node.tls]`` config of a node serving the PKI's node certificate, trusting its CA."""
+    return f"""
+[node.tls]
+certificate = "{pki / "node.pem"}"
+private_key = "{pki / "node.key"}"
+ca_certificates = "{pki / "hospital-ca.pem"}"
+"""

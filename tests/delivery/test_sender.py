@@ -20,6 +20,7 @@ from tests.conftest import free_port, require_tool
 from tests.delivery.helpers import items_of
 from tests.node.helpers import RunningNode
 from tests.node.series_files import write_lowfield_series
+from tests.pki import node_tls_section
 
 JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -171,12 +172,7 @@ def test_rejection_names_the_reason(tmp_path, brain):
 
 def test_tls_destination_with_client_certificate(tmp_path, brain, pki):
     files = write_lowfield_series(brain, tmp_path / "s", seed=66, rows=64)[:2]
-    node_tls = f"""
-[node.tls]
-certificate = "{pki / "node.pem"}"
-private_key = "{pki / "node.key"}"
-ca_certificates = "{pki / "hospital-ca.pem"}"
-"""
+    node_tls = node_tls_section(pki)
     node = RunningNode(tmp_path / "node", free_port(), node_extra=node_tls).start()
     try:
         trusted = TLSSettings(

@@ -5,16 +5,12 @@ from __future__ import annotations
 from tests.conftest import free_port, require_tool
 from tests.node.helpers import RunningNode, storescu
 from tests.node.series_files import write_lowfield_series
+from tests.pki import node_tls_section
 
 
 def test_tls_requires_a_certificate_from_the_configured_ca(tmp_path, brain, pki):
     require_tool("storescu")
-    tls = f"""
-[node.tls]
-certificate = "{pki / "node.pem"}"
-private_key = "{pki / "node.key"}"
-ca_certificates = "{pki / "hospital-ca.pem"}"
-"""
+    tls = node_tls_section(pki)
     node = RunningNode(tmp_path / "node", free_port(), node_extra=tls).start()
     try:
         files = write_lowfield_series(brain, tmp_path / "s", seed=50, rows=64)[:2]
