@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -101,6 +102,27 @@ class Database:
         with self._sessions() as session:
             with session.begin():
                 yield session
+
+    @contextmanager
+    def driver_transaction(self) -> Iterator[Any]:
+        """A write transaction on a pooled driver (DBAPI) connection, for ``PreparedStatement``.
+
+        Committed on success, rolled back on any exception. On SQLite it starts with the write
+        lock taken (``begin_immediate``), as the engine's own transactions do.
+        """
+        pooled = self.engine.raw_connection()
+        try:
+            driver = pooled.driver_connection
+            if self.dialect == "sqlite":
+                begin_immediate(driver)
+            try:
+                yield driver
+            except BaseException:
+                driver.rollback()
+                raise
+            driver.commit()
+        finally:
+            pooled.close()
 
     @contextmanager
     def connection(self) -> Iterator[Connection]:

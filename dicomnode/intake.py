@@ -6,23 +6,22 @@ commit, only then Success) is visible in one place and testable without a networ
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import pydicom
-from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, Dialect, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.models import Instance, QuarantinedObject, Series, SeriesState, utcnow
+from db.prepared import PreparedStatement
 from db.session import Database
 from dicomnode.assembly import ENHANCED_MULTIFRAME_CLASSES, reopen
+from dicomnode.header import InstanceHeader, UnreadableInstance, read_header
 from dicomnode.spool import (
     OutOfSpace,
     SpoolLayout,
@@ -84,13 +83,13 @@ class Intake:
 
     def receive(self, item: Received) -> Outcome:
         try:
-            dataset = _parse(item)
-            _check_consistency(item, dataset)
+            header = _parse(item)
+            _check_consistency(item, header)
         except Rejected as exc:
             self._quarantine(item, exc.status, exc.reason)
             return Outcome(exc.status, reason=exc.reason)
         try:
-            return self._store(item, dataset)
+            return self._store(item, header)
         except OutOfSpace as exc:
             log.error("refused: %s", exc, extra=_ids(item))
             return Outcome(OUT_OF_RESOURCES, reason=str(exc))
@@ -101,21 +100,24 @@ class Intake:
     def adopt(self, item: Received, path: Path) -> Outcome:
         """Record a spooled file the database lacks (a commit lost to a crash), keeping it."""
         try:
-            dataset = _parse(item)
-            _check_consistency(item, dataset)
+            header = _parse(item)
+            _check_consistency(item, header)
         except Rejected as exc:
             return Outcome(exc.status, reason=exc.reason)
-        return self._store(item, dataset, spooled=path)
+        return self._store(item, header, spooled=path)
 
-    def _store(self, item: Received, dataset: Dataset, spooled: Path | None = None) -> Outcome:
-        """The hot path: the spool answers "duplicate", one Core transaction records the rest.
+    def _store(
+        self, item: Received, header: InstanceHeader, spooled: Path | None = None
+    ) -> Outcome:
+        """The hot path: the spool answers "duplicate", one transaction records the rest.
 
-        ORM sessions cost ~1.5 ms per instance and a separate duplicate query ~0.35 ms; a file
-        already at the instance's spool path means the instance was stored before (recorded,
-        or adopted by the spool recovery at the next start).
+        ORM sessions cost ~1.5 ms per instance, Core statements ~0.2 ms each and a separate
+        duplicate query ~0.35 ms, hence prepared statements on the driver. A file already at
+        the instance's spool path means the instance was stored before (recorded, or adopted
+        by the spool recovery at the next start).
         """
         sop_uid = item.sop_instance_uid
-        series_uid = str(dataset.SeriesInstanceUID)
+        series_uid = header.series_uid
         if spooled is not None:
             target = spooled
         else:
@@ -125,14 +127,10 @@ class Intake:
                 log.info("duplicate instance answered Success, stored once", extra=_ids(item))
                 return Outcome(SUCCESS, duplicate=True)
         try:
-            with self.database.connection() as connection:
-                row = _count_into_receiving_series(connection, series_uid, dataset)
-                if row is None:
-                    # First instance of the series, or a late one: rare, so the ORM may do it.
-                    with Session(bind=connection) as session:
-                        row = _open_series(session, dataset, item)
-                    row = _count_by_id(connection, row, dataset)
-                count_reached = _record(connection, row, item, dataset, target)
+            recorded = self._record_in_receiving_series(item, header, target)
+            if recorded is None:
+                recorded = self._record_opening_series(item, header, target)
+            row, count_reached = recorded
         except IntegrityError:
             # Recorded before under another spool path (or its file purged): stored once.
             if spooled is None:
@@ -146,6 +144,34 @@ class Intake:
             raise
         log.debug("stored", extra={**_ids(item), "series_uid": series_uid})
         return Outcome(SUCCESS, series_id=row.id, count_reached=count_reached)
+
+    def _record_in_receiving_series(
+        self, item: Received, header: InstanceHeader, target: Path
+    ) -> tuple[_SeriesRow, bool] | None:
+        """The common case, on the driver: count into the receiving series, insert the instance.
+
+        None, with nothing written, when the series is new or no longer receiving.
+        """
+        dialect = self.database.engine.dialect
+        with self.database.driver_transaction() as driver:
+            values = {"uid": header.series_uid, "added_frames": header.frames, "now": utcnow()}
+            found = _COUNT_INTO_RECEIVING.first(driver, dialect, values)
+            if found is None:
+                return None
+            row = _SeriesRow(*found)
+            return row, _record(driver, dialect, row, item, header, target)
+
+    def _record_opening_series(
+        self, item: Received, header: InstanceHeader, target: Path
+    ) -> tuple[_SeriesRow, bool]:
+        """First instance of a series, or a late one reopening it: once per series, on Core."""
+        with self.database.connection() as connection:
+            series_id = _open_series(connection, header, item)
+            driver = connection.connection.driver_connection
+            dialect = connection.dialect
+            values = {"series_id": series_id, "added_frames": header.frames, "now": utcnow()}
+            row = _SeriesRow(*_COUNT_BY_ID.first(driver, dialect, values))
+            return row, _record(driver, dialect, row, item, header, target)
 
     def _quarantine(self, item: Received, status: int, reason: str) -> None:
         name = f"{utcnow():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
@@ -186,60 +212,58 @@ def _ids(item: Received) -> dict[str, object]:
     }
 
 
-def _parse(item: Received) -> Dataset:
+def _parse(item: Received) -> InstanceHeader:
     try:
-        # Reading parses every element's tag and length, so a truncated or garbled stream fails
-        # here; values are only converted when looked at (converting all cost ~2 ms/instance).
-        dataset = pydicom.dcmread(io.BytesIO(item.data), defer_size=1024)
-        len(dataset)
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
+        return read_header(item.data)
+    except UnreadableInstance as exc:
         raise Rejected(CANNOT_UNDERSTAND, f"unparseable dataset: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on garbage
-        raise Rejected(CANNOT_UNDERSTAND, f"unparseable dataset: {type(exc).__name__}") from None
-    return dataset
 
 
-def _check_consistency(item: Received, dataset: Dataset) -> None:
-    problems = []
-    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
-        value = str(dataset.get(keyword, "") or "")
+def _check_consistency(item: Received, header: InstanceHeader) -> None:
+    problems = list(header.invalid)
+    uids = {
+        "SOPClassUID": header.sop_class_uid,
+        "SOPInstanceUID": header.sop_instance_uid,
+        "StudyInstanceUID": header.study_uid,
+        "SeriesInstanceUID": header.series_uid,
+    }
+    for keyword, value in uids.items():
         if not value:
             problems.append(f"{keyword} missing")
         elif len(value) > 64 or not _UID.match(value):
             problems.append(f"{keyword} is not a valid UID")
     if not problems:
-        if str(dataset.SOPInstanceUID) != item.sop_instance_uid:
+        if header.sop_instance_uid != item.sop_instance_uid:
             problems.append("SOPInstanceUID differs from the C-STORE request's")
-        if str(dataset.SOPClassUID) != item.sop_class_uid:
+        if header.sop_class_uid != item.sop_class_uid:
             problems.append("SOPClassUID differs from the C-STORE request's")
-    problems.extend(_pixel_problems(dataset))
+    problems.extend(_pixel_problems(header))
     if problems:
         raise Rejected(
             DATASET_DOES_NOT_MATCH_SOP_CLASS, "inconsistent dataset: " + "; ".join(problems)
         )
 
 
-def _pixel_problems(dataset: Dataset) -> list[str]:
-    if "PixelData" not in dataset:
+def _pixel_problems(header: InstanceHeader) -> list[str]:
+    if not header.has_pixel_data or header.transfer_syntax_uid not in _NATIVE_SYNTAXES:
         return []
-    syntax = str(dataset.file_meta.get("TransferSyntaxUID", ""))
-    element = dataset.get_item("PixelData")
-    if syntax not in _NATIVE_SYNTAXES or element is None:
+    if header.pixel_data_bytes is None:
         return []
-    try:
-        expected = (
-            int(dataset.Rows)
-            * int(dataset.Columns)
-            * int(dataset.get("SamplesPerPixel", 1))
-            * int(dataset.get("NumberOfFrames", 1) or 1)
-            * int(dataset.BitsAllocated)
-            // 8
-        )
-    except (AttributeError, TypeError, ValueError):
+    if not (header.rows and header.columns and header.bits_allocated):
         return ["pixel description (Rows, Columns, BitsAllocated) missing or invalid"]
-    length = element.length if hasattr(element, "length") else len(element.value)
-    if length < expected:
-        return [f"PixelData holds {length} bytes, {expected} expected from the image description"]
+    expected = (
+        header.rows
+        * header.columns
+        * (header.samples_per_pixel or 1)
+        * header.frames
+        * header.bits_allocated
+        // 8
+    )
+    if header.pixel_data_bytes < expected:
+        return [
+            f"PixelData holds {header.pixel_data_bytes} bytes, {expected} expected from the "
+            "image description"
+        ]
     return []
 
 
@@ -270,45 +294,74 @@ _COUNT = (
 )
 # Counting the instance also locks the series row (PostgreSQL) and tells whether it is still
 # receiving, in one statement; the series columns come back after the increment.
-_COUNT_INTO_RECEIVING = _COUNT.where(Series.series_uid == bindparam("uid")).where(
-    Series.state == SeriesState.RECEIVING
+_COUNT_INTO_RECEIVING = PreparedStatement(
+    _COUNT.where(Series.series_uid == bindparam("uid")).where(Series.state == SeriesState.RECEIVING)
 )
-_COUNT_BY_ID = _COUNT.where(Series.id == bindparam("series_id"))
-_INSERT_INSTANCE = insert(Instance)
-_ANNOUNCE = (
+_COUNT_BY_ID = PreparedStatement(_COUNT.where(Series.id == bindparam("series_id")))
+_INSTANCE_COLUMNS = (
+    "sop_instance_uid",
+    "series_id",
+    "sop_class_uid",
+    "transfer_syntax_uid",
+    "instance_number",
+    "frames",
+    "path",
+    "size_bytes",
+    "calling_ae",
+    "association_id",
+    "received_at",
+    "generation",
+)
+_INSERT_INSTANCE = PreparedStatement(
+    insert(Instance).values({name: bindparam(name) for name in _INSTANCE_COLUMNS})
+)
+_FIND_SERIES = (
+    select(Series.id, Series.state).where(Series.series_uid == bindparam("uid")).with_for_update()
+)
+_CREATE_SERIES = (
+    insert(Series)
+    .values(
+        series_uid=bindparam("series_uid"),
+        study_uid=bindparam("study_uid"),
+        modality=bindparam("modality"),
+        sop_class_uid=bindparam("sop_class_uid"),
+        description=bindparam("description"),
+        calling_ae=bindparam("calling_ae"),
+        state=SeriesState.RECEIVING,
+        instances=0,
+        frames=0,
+        generation=0,
+        first_received=bindparam("now"),
+        last_received=bindparam("now"),
+    )
+    .returning(Series.id)
+)
+_ANNOUNCE = PreparedStatement(
     update(Series)
     .where(Series.id == bindparam("series_id"))
     .values(expected_instances=bindparam("expected"), expected_source=bindparam("source"))
 )
 
 
-def _count_into_receiving_series(
-    connection: Connection, series_uid: str, dataset: Dataset
-) -> _SeriesRow | None:
-    """The series after counting this instance; None when it is new or no longer receiving."""
-    values = {"uid": series_uid, "added_frames": _frames(dataset), "now": utcnow()}
-    row = connection.execute(_COUNT_INTO_RECEIVING, values).first()
-    return None if row is None else _SeriesRow(*row)
-
-
-def _count_by_id(connection: Connection, row: _SeriesRow, dataset: Dataset) -> _SeriesRow:
-    values = {"series_id": row.id, "added_frames": _frames(dataset), "now": utcnow()}
-    return _SeriesRow(*connection.execute(_COUNT_BY_ID, values).one())
-
-
 def _record(
-    connection: Connection, row: _SeriesRow, item: Received, dataset: Dataset, target: Path
+    driver: Any,
+    dialect: Dialect,
+    row: _SeriesRow,
+    item: Received,
+    header: InstanceHeader,
+    target: Path,
 ) -> bool:
     """Record the instance in its counted series; True when the series reached its count."""
-    connection.execute(
-        _INSERT_INSTANCE,
+    _INSERT_INSTANCE.rows(
+        driver,
+        dialect,
         {
             "sop_instance_uid": item.sop_instance_uid,
             "series_id": row.id,
             "sop_class_uid": item.sop_class_uid,
-            "transfer_syntax_uid": str(dataset.file_meta.TransferSyntaxUID),
-            "instance_number": _int_or_none(dataset.get("InstanceNumber")),
-            "frames": _frames(dataset),
+            "transfer_syntax_uid": header.transfer_syntax_uid,
+            "instance_number": header.instance_number,
+            "frames": header.frames,
             "path": str(target),
             "size_bytes": len(item.data),
             "calling_ae": item.calling_ae,
@@ -318,63 +371,53 @@ def _record(
         },
     )
     expected = row.expected_instances
-    announced = _expectation(dataset, item.sop_class_uid)
+    announced = _expectation(header, item.sop_class_uid)
     if announced is not None and announced[0] > (expected or 0):
         expected = announced[0]
-        connection.execute(
-            _ANNOUNCE, {"series_id": row.id, "expected": expected, "source": announced[1]}
+        _ANNOUNCE.rows(
+            driver, dialect, {"series_id": row.id, "expected": expected, "source": announced[1]}
         )
     return bool(expected and row.instances >= expected)
 
 
-def _open_series(session: Session, dataset: Dataset, item: Received) -> _SeriesRow:
-    """Create the series row, or reopen a finished one for a late instance, and lock it."""
-    series_uid = str(dataset.SeriesInstanceUID)
-    series = session.execute(
-        select(Series).where(Series.series_uid == series_uid).with_for_update()
-    ).scalar_one_or_none()
-    if series is None:
-        series = Series(
-            series_uid=series_uid,
-            study_uid=str(dataset.StudyInstanceUID),
-            modality=str(dataset.get("Modality", "") or "") or None,
-            sop_class_uid=item.sop_class_uid,
-            description=str(dataset.get("SeriesDescription", "") or "")[:128] or None,
-            calling_ae=item.calling_ae,
-            state=SeriesState.RECEIVING,
-            instances=0,
-            frames=0,
-            generation=0,
-        )
+def _open_series(connection: Connection, header: InstanceHeader, item: Received) -> int:
+    """Create the series row, or reopen a finished one for a late instance; lock it."""
+    while True:
+        found = connection.execute(_FIND_SERIES, {"uid": header.series_uid}).first()
+        if found is not None:
+            break
         try:
-            with session.begin_nested():
-                session.add(series)
-        except IntegrityError:  # another association created it first
-            return _open_series(session, dataset, item)
-    elif series.state != SeriesState.RECEIVING:
-        reopen(session, series)
-    session.flush()
-    return _SeriesRow(
-        series.id, series.state, series.generation, series.instances, series.expected_instances
-    )
+            with connection.begin_nested():
+                return int(
+                    connection.execute(
+                        _CREATE_SERIES,
+                        {
+                            "series_uid": header.series_uid,
+                            "study_uid": header.study_uid,
+                            "modality": header.modality[:16] or None,
+                            "sop_class_uid": item.sop_class_uid,
+                            "description": header.series_description[:128] or None,
+                            "calling_ae": item.calling_ae,
+                            "now": utcnow(),
+                        },
+                    ).scalar_one()
+                )
+        except IntegrityError:  # another association created it first: lock that one
+            continue
+    if found.state != SeriesState.RECEIVING:
+        with Session(bind=connection) as session:  # rare: a late instance
+            series = session.get(Series, found.id)
+            assert series is not None
+            reopen(session, series)
+            session.flush()
+    return int(found.id)
 
 
-def _frames(dataset: Dataset) -> int:
-    return max(_int_or_none(dataset.get("NumberOfFrames")) or 1, 1)
-
-
-def _expectation(dataset: Dataset, sop_class_uid: str) -> tuple[int, str] | None:
+def _expectation(header: InstanceHeader, sop_class_uid: str) -> tuple[int, str] | None:
     """How many instances the series announces, and where that figure comes from."""
-    if sop_class_uid in ENHANCED_MULTIFRAME_CLASSES and dataset.get("NumberOfFrames"):
-        return 1, f"enhanced object with {_frames(dataset)} frames"
-    announced = _int_or_none(dataset.get("ImagesInAcquisition"))
+    if sop_class_uid in ENHANCED_MULTIFRAME_CLASSES and header.number_of_frames:
+        return 1, f"enhanced object with {header.frames} frames"
+    announced = header.images_in_acquisition
     if announced and announced > 0:
         return announced, "ImagesInAcquisition"
     return None
-
-
-def _int_or_none(value: object) -> int | None:
-    try:
-        return int(str(value)) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
