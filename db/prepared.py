@@ -64,6 +64,10 @@ class PreparedStatement:
         rows = self.rows(driver, dialect, values)
         return rows[0] if rows else None
 
+    def prepare(self, dialect: Dialect) -> None:
+        """Compile now (a few ms) rather than while the first caller waits."""
+        self._compiled(dialect)
+
     def _compiled(self, dialect: Dialect) -> _Compiled:
         key = f"{dialect.name}+{dialect.driver}"
         found = self._by_dialect.get(key)

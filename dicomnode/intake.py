@@ -80,6 +80,8 @@ class Intake:
         self.database = database
         self.layout = layout
         self.min_free_bytes = min_free_bytes
+        for statement in (_COUNT_INTO_RECEIVING, _COUNT_BY_ID, _INSERT_INSTANCE, _ANNOUNCE):
+            statement.prepare(database.engine.dialect)
 
     def receive(self, item: Received) -> Outcome:
         try:
