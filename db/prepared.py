@@ -26,7 +26,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 class _Compiled:
     sql: str
     positions: tuple[str, ...] | None  # None: the driver takes named parameters
-    fixed: dict[str, Any]  # values written into the statement itself (literals)
+    fixed: dict[str, Any]  # literals SQLAlchemy bound itself: the 1 of ``instances + 1``
     processors: dict[str, Callable[[Any], Any]]
     dbapi_error: type[Exception]
 
@@ -81,6 +81,10 @@ def _compile(statement: Executable, dialect: Dialect) -> _Compiled:
     assert isinstance(compiled, SQLCompiler)
     if dialect.paramstyle not in ("qmark", "numeric", "format", "named", "pyformat"):
         raise ValueError(f"unsupported parameter style {dialect.paramstyle}")
+    prefetched = [*compiled.insert_prefetch, *compiled.update_prefetch]
+    if prefetched:  # Python-side defaults run in SQLAlchemy's execution context, not here
+        names = ", ".join(column.name for column in prefetched)
+        raise ValueError(f"give the statement values for the defaulted columns: {names}")
     binds = compiled.binds
     if any(bind.expanding or bind.literal_execute for bind in binds.values()):
         raise ValueError("statements with expanding or literal-execute parameters stay on Core")

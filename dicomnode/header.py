@@ -15,8 +15,10 @@ import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import RawDataElement
 from pydicom.filereader import data_element_generator
 
@@ -30,6 +32,7 @@ DEFER_BYTES = 1024
 _TRANSFER_SYNTAX = 0x00020010
 _CHARACTER_SET = 0x00080005
 _PIXEL_DATA = 0x7FE00010
+_UNDEFINED_LENGTH = 0xFFFFFFFF
 _TEXT = {
     0x00080016: "sop_class_uid",
     0x00080018: "sop_instance_uid",
@@ -95,9 +98,7 @@ def read_header(data: bytes | memoryview) -> InstanceHeader:
         raise UnreadableInstance("no DICM prefix after the 128-byte preamble")
     stream = io.BytesIO(view[PREAMBLE_BYTES + 4 :])
     header = InstanceHeader()
-    for element in data_element_generator(
-        stream, False, True, stop_when=lambda tag, _vr, _length: tag >> 16 != 0x0002
-    ):
+    for element in _elements(stream, False, True, stop_when=_past_file_meta):
         if element.tag == _TRANSFER_SYNTAX:
             header.transfer_syntax_uid = _text(element)
     if not header.transfer_syntax_uid:
@@ -119,8 +120,11 @@ def _read_dataset(
 ) -> None:
     stream = io.BytesIO(dataset)
     encodings: list[str] | None = None
-    for element in _top_level(stream, implicit, little_endian):
+    for element in _elements(stream, implicit, little_endian, defer_size=DEFER_BYTES):
         tag = element.tag
+        value = element.value
+        if isinstance(value, bytes) and len(value) < element.length != _UNDEFINED_LENGTH:
+            raise UnreadableInstance(f"dataset ends inside element {_keyword(tag)}")
         if tag in _TEXT:
             setattr(header, _TEXT[tag], _text(element))
         elif tag in _INTEGER_STRINGS:
@@ -135,25 +139,26 @@ def _read_dataset(
             ).strip()
         elif tag == _PIXEL_DATA:
             header.has_pixel_data = True
-            if not getattr(element, "is_undefined_length", False):
+            if element.length != _UNDEFINED_LENGTH:  # encapsulated: fragments, no length
                 header.pixel_data_bytes = element.length
     if stream.tell() > len(dataset):
-        raise UnreadableInstance(
-            f"dataset ends {stream.tell() - len(dataset)} bytes inside its last element"
-        )
+        raise UnreadableInstance("dataset ends inside its last element")
     if len(dataset) - stream.tell() >= 8:  # the walk met a stray item delimiter
         raise UnreadableInstance(f"elements stop {len(dataset) - stream.tell()} bytes early")
 
 
-def _top_level(stream: io.BytesIO, implicit: bool, little_endian: bool) -> Iterator[RawDataElement]:
+def _elements(
+    stream: io.BytesIO, implicit: bool, little_endian: bool, **options: Any
+) -> Iterator[RawDataElement]:
+    """pydicom's walk of the top-level elements, its many error types made one."""
     try:
-        yield from data_element_generator(  # type: ignore[misc]
-            stream, implicit, little_endian, defer_size=DEFER_BYTES
-        )
-    except UnreadableInstance:
-        raise
+        yield from data_element_generator(stream, implicit, little_endian, **options)  # type: ignore[misc]
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on garbage
         raise UnreadableInstance(f"{type(exc).__name__}: {exc}") from None
+
+
+def _past_file_meta(tag: int, _vr: str | None, _length: int) -> bool:
+    return tag >> 16 != 0x0002
 
 
 def _text(element: RawDataElement) -> str:
@@ -182,5 +187,4 @@ def _unsigned_short(element: RawDataElement, little_endian: bool) -> int | None:
 
 
 def _keyword(tag: int) -> str:
-    names = {**_TEXT, **_INTEGER_STRINGS, **_UNSIGNED_SHORTS}
-    return names.get(tag, f"({tag >> 16:04X},{tag & 0xFFFF:04X})")
+    return keyword_for_tag(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
