@@ -56,7 +56,13 @@ class SeriesAssembler:
 
     # --- triggers -------------------------------------------------------------------------
     def after_store(self, series_id: int) -> None:
-        """Inline after each stored instance: complete by expected count."""
+        """Inline after the instance that reached the expected count: complete the series.
+
+        The routing decision reads the first instance's file; it is made before the series row
+        is locked, because on SQLite that lock is the database's write lock, which every other
+        association storing an instance waits for.
+        """
+        decision = self._decide(series_id)
         with self.database.session() as session:
             series = _locked(session, series_id)
             if series is None or series.state != SeriesState.RECEIVING:
@@ -66,7 +72,7 @@ class SeriesAssembler:
                     f"expected-count: {series.instances} of {series.expected_instances} "
                     f"({series.expected_source})"
                 )
-                self._complete(session, series, reason)
+                self._complete(session, series, reason, decision)
 
     def after_release(self, series_ids: Iterable[int]) -> None:
         """After the sender released its association: complete by InstanceNumber 1..N."""
@@ -116,7 +122,13 @@ class SeriesAssembler:
         return done
 
     # --- state changes -------------------------------------------------------------------
-    def _complete(self, session: Session, series: Series, reason: str) -> None:
+    def _complete(
+        self,
+        session: Session,
+        series: Series,
+        reason: str,
+        decision: RoutingDecision | None = None,
+    ) -> None:
         series.state = SeriesState.COMPLETE
         series.completed_at = utcnow()
         series.completion_reason = reason
@@ -129,7 +141,8 @@ class SeriesAssembler:
                 generation=series.generation,
             )
         )
-        decision = self._route(session, series)
+        if decision is None:
+            decision = self._decide(series.id, session)
         series.rule = decision.rule
         extra = {"series_uid": series.series_uid, "reason": reason, "rule": decision.rule}
         if decision.ignored:
@@ -148,18 +161,30 @@ class SeriesAssembler:
         job = queue_job(session, series, decision)
         log.info("series complete, job queued", extra={**extra, "job_id": job.id})
 
-    def _route(self, session: Session, series: Series) -> RoutingDecision:
-        first = session.scalars(
-            select(Instance)
-            .where(Instance.series_id == series.id, Instance.path.is_not(None))
-            .order_by(Instance.id)
-            .limit(1)
-        ).first()
-        if first is None or first.path is None:
+    def _decide(self, series_id: int, session: Session | None = None) -> RoutingDecision:
+        """The rule for a series, from its calling AE and its first instance's header; the
+        file is read after a session of our own ends, or within the caller's."""
+        if session is None:
+            with self.database.session() as own:
+                calling_ae, path = _first_instance(own, series_id)
+        else:
+            calling_ae, path = _first_instance(session, series_id)
+        if path is None:
             return RoutingDecision(None, None)
-        header = pydicom.dcmread(Path(first.path), stop_before_pixels=True)
-        attributes = attributes_for_routing(header, series.calling_ae, self._keys)
-        return route(self.rules, attributes)
+        header = pydicom.dcmread(Path(path), stop_before_pixels=True)
+        return route(self.rules, attributes_for_routing(header, calling_ae, self._keys))
+
+
+def _first_instance(session: Session, series_id: int) -> tuple[str | None, str | None]:
+    """(calling AE of the series, spool path of its first stored instance)."""
+    row = session.execute(
+        select(Series.calling_ae, Instance.path)
+        .join(Instance, Instance.series_id == Series.id)
+        .where(Series.id == series_id, Instance.path.is_not(None))
+        .order_by(Instance.id)
+        .limit(1)
+    ).first()
+    return (None, None) if row is None else (row[0], row[1])
 
 
 def reopen(session: Session, series: Series) -> None:

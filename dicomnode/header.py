@@ -52,6 +52,15 @@ _UNSIGNED_SHORTS = {
     0x00280100: "bits_allocated",
 }
 _SERIES_DESCRIPTION = 0x0008103E
+# Only these are made into elements; the walk seeks past the others by their lengths.
+_WANTED = [
+    *_TEXT,
+    *_INTEGER_STRINGS,
+    *_UNSIGNED_SHORTS,
+    _CHARACTER_SET,
+    _SERIES_DESCRIPTION,
+    _PIXEL_DATA,
+]
 
 
 class UnreadableInstance(ValueError):
@@ -98,7 +107,9 @@ def read_header(data: bytes | memoryview) -> InstanceHeader:
         raise UnreadableInstance("no DICM prefix after the 128-byte preamble")
     stream = io.BytesIO(view[PREAMBLE_BYTES + 4 :])
     header = InstanceHeader()
-    for element in _elements(stream, False, True, stop_when=_past_file_meta):
+    for element in _elements(
+        stream, False, True, stop_when=_past_file_meta, specific_tags=[_TRANSFER_SYNTAX]
+    ):
         if element.tag == _TRANSFER_SYNTAX:
             header.transfer_syntax_uid = _text(element)
     if not header.transfer_syntax_uid:
@@ -120,7 +131,9 @@ def _read_dataset(
 ) -> None:
     stream = io.BytesIO(dataset)
     encodings: list[str] | None = None
-    for element in _elements(stream, implicit, little_endian, defer_size=DEFER_BYTES):
+    for element in _elements(
+        stream, implicit, little_endian, defer_size=DEFER_BYTES, specific_tags=_WANTED
+    ):
         tag = element.tag
         value = element.value
         if isinstance(value, bytes) and len(value) < element.length != _UNDEFINED_LENGTH:
