@@ -3,7 +3,8 @@
 Both receivers fsync (Orthanc's SyncStorageArea defaults to true); both senders are dcmtk's
 storescu with TCP_NODELAY=1. One association, then four in parallel (one series each). Each
 receiver first gets an untimed warm-up series over as many associations. Our node
-runs once with one receiver process and once with ``--processes`` (default: one per core).
+runs once with one receiver process and once with ``--processes`` (default: one per core, as
+the node's own default ``receiver_processes = 0`` starts up to four).
 
     .venv/bin/python bench/bench_intake.py [--series 8] [--rows 256] [--processes N]
 """
@@ -102,7 +103,7 @@ def main() -> None:
     total = data.total
     results: dict[str, dict[str, float]] = {}
     multi = f"dicomnode x{args.processes}"
-    names = ["orthanc", "dicomnode"] + ([multi] if args.processes > 1 else [])
+    names = ["orthanc", "dicomnode x1"] + ([multi] if args.processes > 1 else [])
     # Round robin, best of N: this machine's disk and CPU speed drift by tens of percent
     # within minutes, and each receiver should meet every state of it.
     for round_number in range(args.repeat):

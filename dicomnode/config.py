@@ -68,6 +68,9 @@ class AcceptSettings(_Strict):
         return [ipaddress.ip_network(item, strict=False) for item in self.source_networks]
 
 
+AUTO_RECEIVER_PROCESSES = 4
+
+
 class NodeSettings(_Strict):
     ae_title: AETitle = "IQTNODE"
     port: int = Field(default=11112, ge=1, le=65535)
@@ -80,7 +83,8 @@ class NodeSettings(_Strict):
     max_pdu_size: int = Field(default=0, ge=0)
     network_timeout_seconds: float = Field(default=60.0, gt=0)
     max_associations: int = Field(default=16, ge=1)
-    receiver_processes: int = Field(default=1, ge=1, le=64)
+    # 0: one per CPU core, at most AUTO_RECEIVER_PROCESSES (see listener_processes)
+    receiver_processes: int = Field(default=0, ge=0, le=64)
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     tls: TLSSettings | None = None
@@ -93,6 +97,14 @@ class NodeSettings(_Strict):
     @property
     def quarantine_dir(self) -> Path:
         return self.data_dir / "quarantine"
+
+    def listener_processes(self) -> int:
+        """How many processes accept associations.
+
+        One process is held to one core by Python's GIL while several scanners send; beyond
+        a few processes each adds memory and database connections for little more intake.
+        """
+        return self.receiver_processes or min(os.cpu_count() or 1, AUTO_RECEIVER_PROCESSES)
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'dicomnode.sqlite3'}"

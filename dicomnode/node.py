@@ -49,8 +49,8 @@ class Node:
         # One listener in this process, or several receiver processes on one shared socket.
         self.scp: StoreSCP | None = None
         self.receivers: ReceiverPool | None = None
-        if node.receiver_processes > 1:
-            self.receivers = ReceiverPool(config, node.receiver_processes)
+        if node.listener_processes() > 1:
+            self.receivers = ReceiverPool(config, node.listener_processes())
         else:
             self.scp = StoreSCP(config, self.intake, self.assembler)
         self.delivery = DeliveryService(self.database, config)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from dicomnode.config import load_config
 from tests.conftest import free_port, require_tool
 from tests.delivery.helpers import forward_rules
 from tests.node.helpers import BIN, RunningNode, storescu
@@ -46,7 +47,9 @@ def test_healthz_metrics_and_unwritable_spool(tmp_path, brain, orthanc):
         status, body = _get(port, "/healthz")
         health = json.loads(body)
         assert status == 200 and health["healthy"] is True
-        assert health["workers"] == {"monitor": True, "delivery-pacs": True}
+        processes = load_config(node.config_path).node.listener_processes()
+        receivers = {f"receiver-{i}": True for i in range(processes)} if processes > 1 else {}
+        assert health["workers"] == {"monitor": True, "delivery-pacs": True, **receivers}
         storescu(node.port, write_lowfield_series(brain, tmp_path / "s", seed=51, **SMALL))
         node.wait_for(lambda: [j for j in node.jobs() if j["state"] == "delivered"])
         status, body = _get(port, "/metrics")
