@@ -87,7 +87,7 @@ class InstanceHeader:
     bits_allocated: int | None = None
     pixel_data_bytes: int | None = None  # declared length; None when absent or encapsulated
     has_pixel_data: bool = False
-    invalid: list[str] = field(default_factory=list)  # values present but not decodable
+    invalid: list[str] = field(default_factory=list)  # undecodable values, kept as absent
 
     @property
     def frames(self) -> int:

@@ -90,6 +90,8 @@ class Intake:
         except Rejected as exc:
             self._quarantine(item, exc.status, exc.reason)
             return Outcome(exc.status, reason=exc.reason)
+        if header.invalid:  # a scanner's slip in an optional attribute costs no image
+            log.warning("stored as absent: %s", "; ".join(header.invalid), extra=_ids(item))
         try:
             return self._store(item, header)
         except OutOfSpace as exc:
@@ -222,7 +224,7 @@ def _parse(item: Received) -> InstanceHeader:
 
 
 def _check_consistency(item: Received, header: InstanceHeader) -> None:
-    problems = list(header.invalid)
+    problems = []
     uids = {
         "SOPClassUID": header.sop_class_uid,
         "SOPInstanceUID": header.sop_instance_uid,

@@ -184,3 +184,25 @@ def test_retention_removes_the_outputs_of_finished_jobs(stack, tmp_path):
     future = dt.datetime.now(dt.UTC) + dt.timedelta(days=8)
     assert purge(database, days=7, now=future, outputs_root=outputs) == 1
     assert not written.parent.exists() and outputs.exists()
+
+
+def test_undecodable_optional_attribute_is_stored_as_absent(stack, caplog):
+    """A scanner's malformed InstanceNumber costs the attribute, not the image."""
+    database, intake, _ = stack
+    ds = _small(7)[0]
+    ds.InstanceNumber = 77
+    data = _encoded(ds)
+    element = b"\x20\x00\x13\x00IS\x02\x0077"
+    assert data.count(element) == 1
+    item = Received(
+        data.replace(element, element[:-2] + b"x7"),
+        MRImageStorage,
+        str(ds.SOPInstanceUID),
+        "SCANNER",
+        "127.0.0.1",
+        "a1",
+    )
+    assert intake.receive(item).status == SUCCESS
+    with database.session() as session:
+        assert session.scalars(select(Instance.instance_number)).one() is None
+    assert "InstanceNumber 'x7' is not an integer" in caplog.text
