@@ -8,7 +8,9 @@ the spool files (fsynced before commit) let start-up recover what a power cut mi
 
 from __future__ import annotations
 
+import queue
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,10 +20,12 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import PoolProxiedConnection
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 BEGIN_RETRY_FIRST_SECONDS = 0.0001
 BEGIN_RETRY_MAX_SECONDS = 0.001
+DRIVER_CONNECTIONS = 4  # kept checked out for driver transactions, per process
 
 
 def make_engine(url: str) -> Engine:
@@ -91,6 +95,10 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Driver connections kept checked out for driver_transaction; see there.
+        self._drivers: queue.SimpleQueue[PoolProxiedConnection] = queue.SimpleQueue()
+        self._drivers_held = 0
+        self._drivers_lock = threading.Lock()
 
     @property
     def dialect(self) -> str:
@@ -110,7 +118,7 @@ class Database:
         Committed on success, rolled back on any exception. On SQLite it starts with the write
         lock taken (``begin_immediate``), as the engine's own transactions do.
         """
-        pooled = self.engine.raw_connection()
+        pooled, kept = self._take_driver()
         try:
             driver = pooled.driver_connection
             if self.dialect == "sqlite":
@@ -121,8 +129,36 @@ class Database:
                 driver.rollback()
                 raise
             driver.commit()
-        finally:
+        except BaseException:
+            # Back to the pool, which resets it and (PostgreSQL) pings it before the next use.
+            if kept:
+                with self._drivers_lock:
+                    self._drivers_held -= 1
             pooled.close()
+            raise
+        if kept:
+            self._drivers.put(pooled)
+        else:
+            pooled.close()
+
+    def _take_driver(self) -> tuple[PoolProxiedConnection, bool]:
+        """A connection for one driver transaction; True when it is kept out of the pool after.
+
+        Checking a connection out of SQLAlchemy's pool and back in costs ~0.05 ms, a fifth of
+        the intake's database time per instance, so up to DRIVER_CONNECTIONS stay checked out
+        between transactions. Beyond that (more associations at once) they come from the pool
+        and go back to it, which keeps room in the pool for sessions.
+        """
+        try:
+            return self._drivers.get_nowait(), True
+        except queue.Empty:
+            pass
+        pooled = self.engine.raw_connection()
+        with self._drivers_lock:
+            if self._drivers_held < DRIVER_CONNECTIONS:
+                self._drivers_held += 1
+                return pooled, True
+        return pooled, False
 
     @contextmanager
     def connection(self) -> Iterator[Connection]:
@@ -131,4 +167,12 @@ class Database:
             yield connection
 
     def dispose(self) -> None:
+        while True:
+            try:
+                pooled = self._drivers.get_nowait()
+            except queue.Empty:
+                break
+            pooled.close()
+        with self._drivers_lock:
+            self._drivers_held = 0
         self.engine.dispose()

@@ -4,6 +4,7 @@ on SQLite and on PostgreSQL: same stored values, same error types, same transact
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from db.migrate import upgrade
 from db.models import Series
 from db.prepared import PreparedStatement
-from db.session import Database
+from db.session import DRIVER_CONNECTIONS, Database
 
 _CREATE = PreparedStatement(
     insert(Series)
@@ -93,3 +94,35 @@ def test_columns_left_to_python_defaults_are_refused(database: Database) -> None
     statement = PreparedStatement(insert(Series).values(series_uid=bindparam("uid")))
     with pytest.raises(ValueError, match="defaulted columns: .*first_received"):
         statement.prepare(database.engine.dialect)
+
+
+def test_more_concurrent_transactions_than_kept_connections(database: Database) -> None:
+    """Driver connections beyond the kept few come from the pool and go back to it."""
+    dialect = database.engine.dialect
+    now = dt.datetime.now(dt.UTC)
+    with database.driver_transaction() as driver:
+        _CREATE.rows(driver, dialect, {"uid": "1.2.3.7", "now": now})
+    start = threading.Barrier(DRIVER_CONNECTIONS + 3)
+    errors: list[BaseException] = []
+
+    def touch() -> None:
+        try:
+            start.wait(timeout=10)
+            for _ in range(20):
+                with database.driver_transaction() as driver:
+                    _TOUCH.rows(driver, dialect, {"uid": "1.2.3.7", "now": now})
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=touch) for _ in range(DRIVER_CONNECTIONS + 3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    with database.connection() as connection:
+        total = connection.execute(select(Series.instances)).scalar_one()
+    assert total == 20 * (DRIVER_CONNECTIONS + 3)
+    database.dispose()  # closes the kept connections too; the engine still works after
+    with database.driver_transaction() as driver:
+        assert _TOUCH.first(driver, dialect, {"uid": "1.2.3.7", "now": now}) == (total + 1,)
