@@ -124,9 +124,10 @@ def write_synced_temp(data: bytes, tmp_dir: Path) -> Path:
 
 def _ensure_parent(target: Path) -> bool:
     """Create the target's folder if needed; True when it is new (its own name needs a sync)."""
-    new_dir = not target.parent.exists()
+    if target.parent.exists():  # nearly always: skip mkdir's EEXIST and its second stat
+        return False
     target.parent.mkdir(parents=True, exist_ok=True)
-    return new_dir
+    return True
 
 
 def _sync_name(target: Path, new_dir: bool) -> None:
