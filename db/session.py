@@ -25,7 +25,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 BEGIN_RETRY_FIRST_SECONDS = 0.0001
 BEGIN_RETRY_MAX_SECONDS = 0.001
-DRIVER_CONNECTIONS = 4  # kept checked out for driver transactions, per process
+DRIVER_CONNECTIONS = 4  # SQLite connections kept checked out for driver transactions
 
 
 def make_engine(url: str) -> Engine:
@@ -98,6 +98,7 @@ class Database:
         # Driver connections kept checked out for driver_transaction; see there.
         self._drivers: queue.SimpleQueue[PoolProxiedConnection] = queue.SimpleQueue()
         self._drivers_held = 0
+        self._drivers_limit = DRIVER_CONNECTIONS if self.dialect == "sqlite" else 0
         self._drivers_lock = threading.Lock()
 
     @property
@@ -145,9 +146,11 @@ class Database:
         """A connection for one driver transaction; True when it is kept out of the pool after.
 
         Checking a connection out of SQLAlchemy's pool and back in costs ~0.05 ms, a fifth of
-        the intake's database time per instance, so up to DRIVER_CONNECTIONS stay checked out
-        between transactions. Beyond that (more associations at once) they come from the pool
-        and go back to it, which keeps room in the pool for sessions.
+        the intake's database time per instance, so on SQLite up to DRIVER_CONNECTIONS stay
+        checked out between transactions. Beyond that (more associations at once) they come
+        from the pool and go back to it, which keeps room in the pool for sessions. A server's
+        connection (PostgreSQL) always goes back: after hours without a scan it may be gone,
+        and the pool pings it before handing it out, where a kept one would fail an instance.
         """
         try:
             return self._drivers.get_nowait(), True
@@ -155,7 +158,7 @@ class Database:
             pass
         pooled = self.engine.raw_connection()
         with self._drivers_lock:
-            if self._drivers_held < DRIVER_CONNECTIONS:
+            if self._drivers_held < self._drivers_limit:
                 self._drivers_held += 1
                 return pooled, True
         return pooled, False
