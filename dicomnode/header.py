@@ -25,7 +25,9 @@ from pydicom.filereader import data_element_generator
 PREAMBLE_BYTES = 128
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
-DEFLATED = {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1"}  # deflated explicit LE, image
+# The one syntax whose whole dataset is deflated (Deflated Image Frame Compression,
+# 1.2.840.10008.1.2.8.1, deflates pixel data fragments only).
+DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
 # Values longer than this are skipped, not read: pixel data, large private blobs.
 DEFER_BYTES = 1024
 
@@ -116,7 +118,7 @@ def read_header(data: bytes | memoryview) -> InstanceHeader:
         raise UnreadableInstance("file meta information without a TransferSyntaxUID")
     dataset = view[PREAMBLE_BYTES + 4 + stream.tell() :]
     syntax = header.transfer_syntax_uid
-    if syntax in DEFLATED:
+    if syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
         try:
             dataset = memoryview(zlib.decompress(dataset, -zlib.MAX_WBITS))
         except zlib.error as exc:
