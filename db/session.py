@@ -165,7 +165,8 @@ class Database:
 
     @contextmanager
     def connection(self) -> Iterator[Connection]:
-        """A Core transaction for hot paths, where ORM sessions cost milliseconds per call."""
+        """A Core transaction, where ORM sessions cost milliseconds per call; the per-instance
+        statements use ``driver_transaction`` instead."""
         with self.engine.begin() as connection:
             yield connection
 

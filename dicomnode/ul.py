@@ -144,7 +144,8 @@ def user_information(
     | ImplementationClassUIDNotification
     | ImplementationVersionNameNotification
 ]:
-    """The user information items both our requestor and our acceptor send (PS3.7 D.3.3)."""
+    """The user information items our requestor sends (PS3.7 D.3.3); the listener writes the
+    same three itself in ``acse.acceptance``."""
     maximum = MaximumLengthNotification()
     maximum.maximum_length_received = maximum_pdu
     implementation = ImplementationClassUIDNotification()
