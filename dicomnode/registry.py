@@ -335,16 +335,23 @@ def sync_released(
     Called at every node start and before every ``dicomnode models`` command, so that released
     models are there with no manual step. A manifest entry already registered under the same
     (name, version, factor), in whatever state, even removed, is left alone: an administrator's
-    activation, rollback or removal is never undone by a restart. A newly registered version is
-    activated (action "release") only when its profile and factor have no active version at all,
-    i.e. on a fresh installation or for a new profile/factor; a later release of a new version
-    becomes "available" and waits for ``dicomnode models activate``.
+    activation, rollback or removal is never undone by a restart. Entries register oldest version
+    first. A newly registered version is activated (action "release") when its profile and
+    factor have no active version, or when the active one is an older version that was itself
+    activated by a release (nobody chose it): an upgrade then brings the better model into use
+    with no manual step, and ``dicomnode models rollback`` returns to the one before. Where an
+    administrator activated or rolled back a version, a new release only becomes "available"
+    and waits for ``dicomnode models activate``.
     """
-    from models.release import MODEL_NAME, read_manifest, weights_dir
+    from models.release import MODEL_NAME, read_manifest, version_key, weights_dir
 
     directory = directory or weights_dir()
     created: list[ModelVersion] = []
-    for file_name, entry in sorted(read_manifest(directory)["models"].items()):
+    entries = sorted(
+        read_manifest(directory)["models"].items(),
+        key=lambda item: (version_key(str(item[1]["version"])), item[0]),
+    )
+    for file_name, entry in entries:
         name = str(entry.get("name") or MODEL_NAME)
         version = str(entry["version"])
         factor = int(entry["factor"])
@@ -414,16 +421,28 @@ def sync_released(
             "registered released model",
             extra={"model": label(row), "profile": row.profile, "sha256": row.sha256},
         )
-        if _active(session, row.profile, factor, lock=True) is None:
+        current = _active(session, row.profile, factor, lock=True)
+        if current is None or _superseded_by_release(session, current, row):
             _switch(
                 session,
                 row,
-                None,
+                current,
                 action=ACTION_RELEASE,
                 by=RELEASE_BY,
                 reason=f"released with the software ({name} {version})",
             )
     return created
+
+
+def _superseded_by_release(session: Session, current: ModelVersion, new: ModelVersion) -> bool:
+    """Whether a newly released ``new`` should replace the active ``current``: same name, an
+    older version, and the last activation of that profile and factor was a release."""
+    from models.release import version_key
+
+    if current.name != new.name or version_key(current.version) >= version_key(new.version):
+        return False
+    entries = history(session, current.profile, current.factor)
+    return bool(entries) and entries[-1].action == ACTION_RELEASE
 
 
 def _find(session: Session, name: str, version: str, factor: int) -> ModelVersion | None:

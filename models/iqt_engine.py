@@ -1,10 +1,12 @@
 """The trained engine ``iqt-t1``: the ThroughPlaneEngine the pipeline runs.
 
-Construct it from the released weights with ``IQTEngine.from_release()`` (sha256 of each file is
-checked against ``models/weights/manifest.json``). It takes a float32 (slices, rows, cols)
-volume on any non-negative intensity scale: it divides by ``models.normalize.robust_scale``
-(the head's 99th percentile -> 1, the scale the network was trained on), predicts with tiled
-inference, and multiplies back, so the result is on the caller's scale.
+Construct it from the released weights with ``IQTEngine.from_release()`` (the newest version of
+each factor, or ``version=``; sha256 of each file is checked against
+``models/weights/manifest.json``). It takes a float32 (slices, rows, cols) volume on any
+non-negative intensity scale: it divides by the scale the network was trained with (recorded
+in its weights: ``wm-peak`` from 0.2.0, the white-matter level of the head's core; ``head-p99``
+for 0.1.0; see ``models/normalize.py``), predicts with tiled inference, and multiplies back, so
+the result is on the caller's scale.
 """
 
 from __future__ import annotations
@@ -18,8 +20,15 @@ import numpy as np
 from models.aniso_unet import AnisoUNet
 from models.engine import EngineInfo, EngineResult
 from models.infer import TileSettings, predict_volume
-from models.normalize import robust_scale
-from models.release import MODEL_NAME, VERSION, file_name, load_released, released_factors
+from models.normalize import input_scale
+from models.release import (
+    DEFAULT_NORMALISATION,
+    MODEL_NAME,
+    VERSION,
+    file_name,
+    load_released,
+    released_factors,
+)
 from models.trust import back_project, consistency_psnr
 
 
@@ -54,12 +63,16 @@ class IQTEngine:
         self.device = device
         self.threads = threads
         self.consistency_correction = consistency_correction
+        self.file_names = {k: file_name(k, version) for k in self.networks}
         combined = None
         if len(self.file_hashes) == 1 and len(self.networks) == 1:
             # One weights file: its own sha256, so provenance names exactly the file that ran.
             combined = next(iter(self.file_hashes.values()))
         elif self.file_hashes:
-            text = "\n".join(f"{file_name(k)} {h}" for k, h in sorted(self.file_hashes.items()))
+            text = "\n".join(
+                f"{self.file_names.get(k, file_name(k, version))} {h}"
+                for k, h in sorted(self.file_hashes.items())
+            )
             combined = hashlib.sha256(text.encode()).hexdigest()
         self._info = EngineInfo(
             name=name,
@@ -77,9 +90,11 @@ class IQTEngine:
         cls,
         directory: str | Path | None = None,
         factors: tuple[int, ...] | None = None,
+        version: str | None = None,
         **kwargs: object,
     ) -> IQTEngine:
-        """Load the released weights (all factors, or ``factors``), checking each sha256.
+        """Load the released weights (all factors, or ``factors``; the newest version of each,
+        or ``version``), checking each sha256.
 
         Each factor runs with the tile recorded in its manifest entry (``"tile"``) unless
         ``tiles=`` is given; likewise ``"consistency_correction"`` (back-projection), which the
@@ -87,20 +102,30 @@ class IQTEngine:
         """
         d = Path(directory) if directory is not None else None
         wanted = factors or released_factors(d)
-        networks, hashes, tiles, version = {}, {}, {}, VERSION
+        networks, hashes, tiles, versions = {}, {}, {}, set()
         corrections = set()
         for k in wanted:
-            net, entry = load_released(k, d)
+            net, entry = load_released(k, d, version)
             networks[k] = net
             hashes[k] = entry["sha256"]
             if "tile" in entry:
                 tiles[k] = TileSettings(**entry["tile"])
-            version = entry.get("version", version)
+            versions.add(str(entry.get("version", VERSION)))
             corrections.add(bool(entry.get("consistency_correction", False)))
+        if len(versions) > 1:
+            raise ValueError(
+                f"released factors {wanted} come in different versions {sorted(versions)}; "
+                "ask for one version"
+            )
         kwargs.setdefault("tiles", tiles)
         # Back-projection is on only if every loaded factor was released with it.
         kwargs.setdefault("consistency_correction", corrections == {True})
-        return cls(networks, version=version, file_hashes=hashes, **kwargs)  # type: ignore[arg-type]
+        return cls(
+            networks,
+            version=versions.pop() if versions else VERSION,
+            file_hashes=hashes,
+            **kwargs,  # type: ignore[arg-type]
+        )
 
     @property
     def info(self) -> EngineInfo:
@@ -111,9 +136,18 @@ class IQTEngine:
         return tuple(sorted(self.networks))
 
     def upsample(
-        self, volume: np.ndarray, factor: int, slice_thickness_ratio: float = 1.0
+        self,
+        volume: np.ndarray,
+        factor: int,
+        slice_thickness_ratio: float = 1.0,
+        spacing_mm: tuple[float, float, float] | None = None,
     ) -> EngineResult:
-        """Super-resolve ``volume`` (n, rows, cols) to (n * factor, rows, cols)."""
+        """Super-resolve ``volume`` (n, rows, cols) to (n * factor, rows, cols).
+
+        ``spacing_mm`` (slice, row, column spacing of the input) lets the white-matter scale
+        measure the head's core in millimetres; without it the core is measured as if the
+        slices were ``factor`` pixels apart, which is what the network was trained on.
+        """
         if factor not in self.networks:
             raise ValueError(
                 f"{MODEL_NAME} supports factors {self.supported_factors}, not {factor}"
@@ -123,12 +157,13 @@ class IQTEngine:
             raise ValueError(f"expected (slices, rows, cols), got shape {v.shape}")
         if not np.isfinite(v).all():
             raise ValueError("volume contains NaN or infinite values")
-        scale = robust_scale(v)
+        network = self.networks[factor]
+        method = getattr(network, "input_normalisation", DEFAULT_NORMALISATION)
+        spacing = spacing_mm or (float(factor), 1.0, 1.0)
+        scale = input_scale(method, v, spacing)
         x = v / scale
         tiles = self.tiles[factor]
-        pred = predict_volume(
-            self.networks[factor], x, tiles=tiles, device=self.device, threads=self.threads
-        )
+        pred = predict_volume(network, x, tiles=tiles, device=self.device, threads=self.threads)
         if self.consistency_correction:
             pred = back_project(pred, x, factor, slice_thickness_ratio)
         np.maximum(pred, 0.0, out=pred)
@@ -136,7 +171,8 @@ class IQTEngine:
         notes: dict[str, object] = {
             "factor": factor,
             "input_scale": scale,
-            "weights_file": file_name(factor),
+            "input_normalisation": method,
+            "weights_file": self.file_names[factor],
             "weights_file_sha256": self.file_hashes.get(factor),
             "consistency_correction": self.consistency_correction,
             "tile": [tiles.slices, tiles.rows, tiles.cols],

@@ -12,16 +12,33 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.augment import flip_pair, random_affine, smooth_bias_field
+from models.augment import (
+    GridDraw,
+    random_affine,
+    resample_on_random_grid,
+    smooth_bias_field,
+)
 from models.brains import Brain
-from models.normalize import robust_scale
+from models.normalize import input_scale
 from models.profile import FieldProfile
 from models.simulate import TissueMaps, simulate_low_field
+from models.target import render_target
 
 
 @dataclass(frozen=True)
 class DrawSettings:
-    """How one simulated acquisition is produced."""
+    """How one simulated acquisition is produced.
+
+    ``grid`` (release 0.2): resample every draw on a random grid (pixel size, thin-slice
+    spacing, rotation and scaling in mm, elastic deformation; ``models.augment.GridDraw``) instead
+    of the brain's own 1 mm grid with a voxel-space affine. ``target_contrast``: train towards
+    the fixed high-field contrast of ``models.target``. ``normalisation``: the input scale the
+    release records (``models.normalize.NORMALISERS``). ``thickness_ratio`` is drawn uniformly
+    from ``thickness_ratios`` when that is given (slice gaps). ``csf_jitter``: the input's CSF
+    level is scaled by U(1 - j, 1 + j) (scanners differ in T1 weighting; the target keeps its
+    own). ``loss_margin_mm``: the loss weight is 1 in the brain dilated by this margin and
+    ``outside_weight`` elsewhere, so scalp and air do not dominate what the network optimises.
+    """
 
     factor: int
     profile: FieldProfile
@@ -30,6 +47,28 @@ class DrawSettings:
     slice_axes: tuple[int, ...] = (2, 1, 0)
     augment: bool = True
     hf_gm_scale: tuple[float, float] = (1.0, 1.0)
+    grid: GridDraw | None = None
+    thickness_ratios: tuple[float, float] | None = None
+    target_contrast: bool = False
+    normalisation: str = "head-p99"
+    shading: float = 0.15
+    csf_jitter: float = 0.0
+    loss_margin_mm: float = 5.0
+    outside_weight: float = 1.0
+    threads: int = 1
+
+
+def _loss_weight(
+    brain: np.ndarray, spacing: tuple[float, float, float], settings: DrawSettings
+) -> np.ndarray:
+    if settings.outside_weight >= 1.0:
+        return np.ones(brain.shape, np.float32)
+    from scipy import ndimage
+
+    inside = ndimage.distance_transform_edt(brain < 0.5, sampling=spacing) <= (
+        settings.loss_margin_mm
+    )
+    return np.where(inside, 1.0, settings.outside_weight).astype(np.float32)
 
 
 def simulate_pair(
@@ -39,37 +78,67 @@ def simulate_pair(
     *,
     axis: int | None = None,
     snr: tuple[float, float] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(low-field input, high-field target), both divided by the input's robust scale.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(low-field input, high-field target, loss weight); input and target divided by the
+    input's scale (``settings.normalisation``).
 
     The target is cropped to ``n_thick * k`` slices so that input slice ``i`` is centred on
     target slices ``i*k .. i*k+k-1``.
     """
     axis = int(rng.choice(settings.slice_axes)) if axis is None else axis
-    b = brain.with_slice_axis(axis)
-    t1, gm, wm = b.t1, b.tissue.gm, b.tissue.wm
-    if settings.augment:
-        t1, gm, wm = random_affine([t1, gm, wm], rng)
-        t1 = t1 * smooth_bias_field(t1.shape, rng)
+    if settings.grid is not None:
+        volumes = {"t1": brain.t1, "gm": brain.tissue.gm, "wm": brain.tissue.wm}
+        volumes["brain"] = brain.brain_mask.astype(np.float32)
+        if brain.tissue.csf is not None:
+            volumes["csf"] = brain.tissue.csf
+        grid, spacing = resample_on_random_grid(
+            volumes,
+            brain.voxel_mm,
+            axis,
+            rng,
+            settings.grid,
+            augment=settings.augment,
+            threads=settings.threads,
+        )
+        t1, gm, wm, mask = grid["t1"], grid["gm"], grid["wm"], grid["brain"]
+        csf = grid.get("csf")
+    else:
+        b = brain.with_slice_axis(axis)
+        t1, gm, wm, csf = b.t1, b.tissue.gm, b.tissue.wm, b.tissue.csf
+        mask = b.brain_mask.astype(np.float32)
+        spacing = (brain.voxel_mm,) * 3
+        if settings.augment:
+            t1, gm, wm, mask = random_affine([t1, gm, wm, mask], rng)
+    if settings.augment and settings.shading > 0:
+        t1 = t1 * smooth_bias_field(t1.shape, rng, settings.shading)
     lo, hi = settings.hf_gm_scale
     if (lo, hi) != (1.0, 1.0):
-        # High-field contrast augmentation: templates are averages of many subjects, so their
-        # GM/WM contrast is lower than a single subject's; scaling grey matter in the target
+        # High-field contrast augmentation (release 0.1): scaling grey matter in the target
         # (the simulator resets the low-field contrast from the SNR draw) widens it.
         t1 = t1 * (1.0 + np.clip(gm, 0.0, 1.0) * (rng.uniform(lo, hi) - 1.0))
+    target = render_target(t1, gm, wm) if settings.target_contrast else t1
+    source = t1
+    if settings.csf_jitter > 0 and csf is not None:
+        j = settings.csf_jitter
+        source = t1 * (1.0 + np.clip(csf, 0.0, 1.0) * (rng.uniform(1 - j, 1 + j) - 1.0))
+    ratio = settings.thickness_ratio
+    if settings.thickness_ratios is not None:
+        ratio = float(rng.uniform(*settings.thickness_ratios))
     sim = simulate_low_field(
-        t1,
+        source,
         TissueMaps(gm, wm),
         settings.factor,
         settings.profile,
         rng,
-        thickness_ratio=settings.thickness_ratio,
+        thickness_ratio=ratio,
         snr=snr,
         noise=settings.noise,
     )
     n = sim.low_field.shape[0] * settings.factor
-    scale = robust_scale(sim.low_field)
-    return sim.low_field / scale, t1[:n] / scale
+    acquired = (spacing[0] * settings.factor, spacing[1], spacing[2])
+    scale = input_scale(settings.normalisation, sim.low_field, acquired)
+    weight = _loss_weight(mask[:n], spacing, settings)
+    return sim.low_field / scale, target[:n] / scale, weight
 
 
 def sample_patches(
@@ -83,33 +152,60 @@ def sample_patches(
     out_slices: int = 32,
     min_foreground: float = 0.3,
     flips: bool = True,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``count`` pairs: inputs (count, 1, out_slices/k, p, p), targets (count, 1, out_slices, p, p).
+    weight: np.ndarray | None = None,
+    edge_fraction: float = 0.0,
+    edge_margin: int = 2,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``count`` triples: inputs (count, 1, out_slices/k, p, p), targets and loss weights
+    (count, 1, out_slices, p, p).
 
     A candidate is kept when at least ``min_foreground`` of its input voxels exceed 0.1 (the
     head, on the normalised scale); after many misses the rejection gives up and keeps what it
     finds so a small volume still yields patches.
+
+    ``edge_fraction`` of the patches sit at the first acquired slice, with ``edge_margin``
+    slices of reflected padding in front exactly as inference pads a volume
+    (``models.infer``), and zero loss weight on the padding: without them the network never
+    saw a slab's first or last slice, and made a bright band and a dark line there. A random
+    slice-axis flip turns half of them into last-slice patches.
     """
     d = out_slices // factor
     n_thick, rows, cols = low.shape
     if n_thick < d or rows < in_plane or cols < in_plane:
         raise ValueError(f"volume {low.shape} smaller than patch ({d}, {in_plane}, {in_plane})")
-    xs, ys = [], []
+    if weight is None:
+        weight = np.ones(high.shape, np.float32)
+    m = min(edge_margin, d - 1, n_thick - 1)
+    xs, ys, ws = [], [], []
     tries = 0
     while len(xs) < count:
         tries += 1
-        i = int(rng.integers(0, n_thick - d + 1))
+        edge = m > 0 and rng.random() < edge_fraction
+        i = 0 if edge else int(rng.integers(0, n_thick - d + 1))
         r = int(rng.integers(0, rows - in_plane + 1))
         c = int(rng.integers(0, cols - in_plane + 1))
-        x = low[i : i + d, r : r + in_plane, c : c + in_plane]
+        cols_ = slice(c, c + in_plane)
+        rows_ = slice(r, r + in_plane)
+        if edge:
+            x = np.concatenate([low[1 : m + 1, rows_, cols_][::-1], low[: d - m, rows_, cols_]])
+            pad = np.zeros((m * factor, in_plane, in_plane), np.float32)
+            y = np.concatenate([pad, high[: (d - m) * factor, rows_, cols_]])
+            w = np.concatenate([pad, weight[: (d - m) * factor, rows_, cols_]])
+        else:
+            x = low[i : i + d, rows_, cols_]
+            y = high[i * factor : (i + d) * factor, rows_, cols_]
+            w = weight[i * factor : (i + d) * factor, rows_, cols_]
         if (x > 0.1).mean() < min_foreground and tries < 50 * count:
             continue
-        y = high[i * factor : (i + d) * factor, r : r + in_plane, c : c + in_plane]
         if flips:
-            x, y = flip_pair(x, y, rng)
-        xs.append(x)
-        ys.append(y)
+            for axis in range(3):
+                if rng.random() < 0.5:
+                    x, y, w = np.flip(x, axis), np.flip(y, axis), np.flip(w, axis)
+        xs.append(np.ascontiguousarray(x))
+        ys.append(np.ascontiguousarray(y))
+        ws.append(np.ascontiguousarray(w))
     return (
         np.stack(xs)[:, None].astype(np.float32),
         np.stack(ys)[:, None].astype(np.float32),
+        np.stack(ws)[:, None].astype(np.float32),
     )

@@ -2,12 +2,17 @@
 
 Layout under ``models/weights/``:
 
-- ``iqt-t1-k4.safetensors`` / ``iqt-t1-k8.safetensors``: the state dict (multi-dimensional
-  tensors stored as float16 to keep files small, 1-D tensors such as batch-norm statistics as
-  float32) with the network configuration in the safetensors metadata;
+- ``iqt-t1-VERSION-kK.safetensors`` (``iqt-t1-kK.safetensors`` for 0.1.0, named before there
+  was a second version): the state dict (multi-dimensional tensors stored as float16 to keep
+  files small, 1-D tensors such as batch-norm statistics as float32) with the network
+  configuration and the input normalisation it was trained with in the safetensors metadata;
 - ``manifest.json``: for each file its sha256, factor, version and configuration; loading
   refuses a file whose hash differs (a corrupted or swapped file must never run silently);
-- ``iqt-t1-k4.md`` / ``iqt-t1-k8.md``: model cards.
+- a model card beside each file (same name, ``.md``).
+
+Several versions ship side by side: the registry registers every one (so ``dicomnode models
+rollback`` can return to an older one), and code that asks for "the released model" without a
+version gets the newest version of each factor.
 
 Releasing: ``python -m models.release RUN_DIR --card-extra EVAL.md`` after ``dicomnode evaluate``.
 """
@@ -28,7 +33,10 @@ if TYPE_CHECKING:  # torch loads only where weights are read or written: the reg
     from models.aniso_unet import AnisoUNet
 
 MODEL_NAME = "iqt-t1"
-VERSION = "0.1.0"
+VERSION = "0.2.0"
+FIRST_VERSION = "0.1.0"
+DEFAULT_NORMALISATION = "head-p99"
+"""What a weights file without ``input_normalisation`` metadata was trained with (0.1.0)."""
 
 
 class WeightsIntegrityError(RuntimeError):
@@ -39,8 +47,18 @@ def weights_dir() -> Path:
     return Path(str(resources.files("models").joinpath("weights")))
 
 
-def file_name(factor: int) -> str:
-    return f"{MODEL_NAME}-k{factor}.safetensors"
+def file_name(factor: int, version: str = VERSION) -> str:
+    if version == FIRST_VERSION:
+        return f"{MODEL_NAME}-k{factor}.safetensors"
+    return f"{MODEL_NAME}-{version}-k{factor}.safetensors"
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    """Orders "0.10.0" after "0.2.0"; a version that is not dotted numbers sorts first."""
+    try:
+        return tuple(int(part) for part in version.split("."))
+    except ValueError:
+        return (-1,)
 
 
 def sha256_file(path: Path) -> str:
@@ -57,7 +75,25 @@ def read_manifest(directory: Path | None = None) -> dict:
 
 
 def released_factors(directory: Path | None = None) -> tuple[int, ...]:
-    return tuple(sorted(int(e["factor"]) for e in read_manifest(directory)["models"].values()))
+    return tuple(sorted({int(e["factor"]) for e in read_manifest(directory)["models"].values()}))
+
+
+def released_entry(
+    factor: int, directory: Path | None = None, version: str | None = None
+) -> tuple[str, dict]:
+    """(file name, manifest entry) of the newest release of ``factor`` (or of ``version``)."""
+    entries = [
+        (name, entry)
+        for name, entry in read_manifest(directory)["models"].items()
+        if int(entry["factor"]) == factor and (version is None or entry["version"] == version)
+    ]
+    if not entries:
+        which = f" version {version}" if version else ""
+        raise FileNotFoundError(
+            f"no released {MODEL_NAME}{which} weights for k={factor} in "
+            f"{directory or weights_dir()}"
+        )
+    return max(entries, key=lambda item: version_key(str(item[1]["version"])))
 
 
 def save_weights(model: AnisoUNet, path: Path, metadata: dict[str, str]) -> str:
@@ -95,20 +131,25 @@ def load_weights(path: Path, expected_sha256: str | None) -> AnisoUNet:
         raise ValueError(f"{path.name}: not an {MODEL_NAME} weight file (no 'iqt' metadata)")
     from models.aniso_unet import AnisoUNet, UNetConfig
 
-    config = UNetConfig(**json.loads(meta["iqt"])["config"])
+    info = json.loads(meta["iqt"])
+    config = UNetConfig(**info["config"])
     model = AnisoUNet(config)
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
     model.load_state_dict(state)
+    # The scale the network's inputs were divided by in training travels with its weights, so
+    # an imported or registry-loaded file can never run with the wrong normalisation.
+    model.input_normalisation = str(info.get("input_normalisation", DEFAULT_NORMALISATION))
     return model.eval()
 
 
-def load_released(factor: int, directory: Path | None = None) -> tuple[AnisoUNet, dict]:
-    """The released network for ``factor`` and its manifest entry (sha256 checked)."""
+def load_released(
+    factor: int, directory: Path | None = None, version: str | None = None
+) -> tuple[AnisoUNet, dict]:
+    """The newest (or the given version's) released network for ``factor`` and its manifest
+    entry, with the entry's ``file`` name added (sha256 checked)."""
     directory = directory or weights_dir()
-    entry = read_manifest(directory)["models"].get(file_name(factor))
-    if entry is None:
-        raise FileNotFoundError(f"no released {MODEL_NAME} weights for k={factor} in {directory}")
-    return load_weights(directory / file_name(factor), entry["sha256"]), entry
+    name, entry = released_entry(factor, directory, version)
+    return load_weights(directory / name, entry["sha256"]), {**entry, "file": name}
 
 
 def release_run(
@@ -119,6 +160,7 @@ def release_run(
     earlier_stages: list[Path] | None = None,
     tile: dict[str, int] | None = None,
     consistency_correction: bool = False,
+    version: str = VERSION,
 ) -> Path:
     """Turn a training run (``model.pt``) into a released file + card; ``earlier_stages`` are
     the runs it was fine-tuned from, whose time and steps count towards the total."""
@@ -136,13 +178,23 @@ def release_run(
     model.load_state_dict(ck["model"])
     factor = model.config.factor
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / file_name(factor)
+    path = out_dir / file_name(factor, version)
     history = ck["history"]
-    sha = save_weights(model, path, {"name": MODEL_NAME, "version": VERSION})
+    normalisation = cfg["data"].get("normalisation", DEFAULT_NORMALISATION)
+    sha = save_weights(
+        model,
+        path,
+        {"name": MODEL_NAME, "version": version, "input_normalisation": normalisation},
+    )
+    from models.profile import load_profile
+
+    profile = load_profile(cfg["data"]["profile"])
     manifest = read_manifest(out_dir)
     manifest["models"][path.name] = {
         "factor": factor,
-        "version": VERSION,
+        "version": version,
+        "profile": f"{profile.contrast}-{cfg['data']['profile']}",
+        "input_normalisation": normalisation,
         "sha256": sha,
         "config": cfg,
         "parameters": count_parameters(model),
@@ -175,29 +227,80 @@ def release_run(
         hardware or platform.processor() or platform.machine(),
         card_extra,
     )
-    (out_dir / f"{MODEL_NAME}-k{factor}.md").write_text(card)
+    path.with_suffix(".md").write_text(card)
     return path
+
+
+def _data_lines(cfg: dict) -> str:
+    """The training data of a run, in the words of its configuration."""
+    d = cfg["data"]
+    regions = d.get("regions") or {}
+    brains = ", ".join(
+        f"{n} ({regions[n]} hemisphere)" if n in regions else n for n in d["train_brains"]
+    )
+    val_regions = d.get("val_regions") or {}
+    held = ", ".join(
+        f"{n} ({val_regions[n]} hemisphere)" if n in val_regions else n for n in d["val_brains"]
+    )
+    lines = [
+        f"Only brains shipped in PyPI wheels. Training: {brains}.",
+        f"Validation during training: {held or 'none'}.",
+        "Tissue maps: shipped GM/WM for mni152-2009a, 3-class Gaussian mixture otherwise.",
+        f"Every refill draws {d['draws_per_brain']} simulated acquisition(s) per brain, random "
+        f"slice axis among {d['slice_axes']}, {d['patches_per_draw']} patches per draw with "
+        f"background rejection (>= {d['min_foreground']:.0%} head voxels).",
+    ]
+    if d.get("random_grid"):
+        lines.append(
+            f"Each draw is resampled (cubic B-spline, in mm) on a random grid: pixels "
+            f"{d['in_plane_mm'][0]}-{d['in_plane_mm'][1]} mm, thin slices "
+            f"{d['thin_mm'][0]}-{d['thin_mm'][1]} mm, rotation +-{d['max_rotation_deg']:g} deg, "
+            f"scaling +-{d['max_scale']:.0%}, elastic deformation {d['elastic_mm']:g} mm "
+            "(models/augment.py)."
+        )
+    else:
+        lines.append("Augmentation: voxel-space affine +-10 deg / +-10 %, bias field, flips.")
+    if d.get("target_contrast"):
+        from models.target import TARGET_GM_WM_RATIO
+
+        lines.append(
+            f"Target: the high-field image at the fixed contrast of models/target.py "
+            f"(mean GM / mean WM = {TARGET_GM_WM_RATIO})."
+        )
+    if d.get("outside_weight", 1.0) < 1.0:
+        lines.append(
+            f"Loss weight 1 in the brain plus {d['loss_margin_mm']:g} mm, "
+            f"{d['outside_weight']:g} elsewhere; {d.get('edge_fraction', 0):.0%} of patches at a "
+            "slab edge with inference's reflected padding."
+        )
+    return "\n".join(lines)
 
 
 def model_card(entry: dict, path: Path, history: dict, hardware: str, extra: str) -> str:
     from models.profile import load_profile
 
     cfg = entry["config"]
-    prof = load_profile(cfg["data"]["profile"])
+    d = cfg["data"]
+    prof = load_profile(d["profile"])
     k = entry["factor"]
     m, t = cfg["model"], cfg["train"]
-    arch = f"ANISO U-Net, {m['levels']} levels, {m['base_filters']} base filters (paper: 16)"
+    arch = (
+        f"ANISO U-Net, {m['levels']} levels, {m['base_filters']} base filters (paper: 16), "
+        f"normalisation layers: {m.get('norm', 'batch')}"
+    )
     opt = f"{t['loss']} / Adam lr {t['lr']}, warm-up {t['warmup_steps']} + cosine"
     stages = "; ".join(
         f"{i + 1}: {st['steps']} steps x {st.get('batch_size', '?')} patches "
         f"{st.get('patch_in_plane', 32)}^2 x {st.get('patch_in_plane', 32) // k} -> "
-        f"{st.get('patch_in_plane', 32)}^3, {st['seconds'] / 60:.0f} min, lr {st['lr']}, "
-        f"target GM scale {st['hf_gm_scale']}"
+        f"{st.get('patch_in_plane', 32)}^3, {st['seconds'] / 60:.0f} min, lr {st['lr']}"
         for i, st in enumerate(entry.get("stages", []))
     )
-    hw = f"CPU ({hardware}), {t['threads']} thread(s), 2 cores shared with other jobs, no GPU"
+    cpu_hours = entry["training_seconds"] * max(1, int(t.get("threads", 1))) / 3600
+    hw = f"{hardware}, {t['threads']} thread(s) per run, 2 cores shared with other jobs"
     val = history.get("val_psnr") or [float("nan")]
     lin = history.get("val_psnr_linear") or [float("nan")]
+    norm = entry.get("input_normalisation", DEFAULT_NORMALISATION)
+    ratios = d.get("thickness_ratios") or [d.get("thickness_ratio", 1.0)] * 2
     return f"""# Model card: {MODEL_NAME} k={k} (version {entry["version"]})
 
 Through-plane super-resolution and low-to-high-field contrast transfer for T1-weighted brain MRI
@@ -207,9 +310,9 @@ Through-plane super-resolution and low-to-high-field contrast transfer for T1-we
 - file: `{path.name}` ({path.stat().st_size / 1e6:.1f} MB, conv weights float16)
 - sha256: `{entry["sha256"]}`
 - engine: `models.iqt_engine.IQTEngine.from_release()` (name `iqt-t1`)
-- input: float32 array (slices, rows, cols), slice axis 0, any non-negative intensity scale
-  (the engine divides by the head's 99th percentile, see `models/normalize.py`, and multiplies
-  back); contiguous slices (thickness = spacing) as trained.
+- input: float32 array (slices, rows, cols), slice axis 0, any non-negative intensity scale;
+  the engine divides by the `{norm}` scale (`models/normalize.py`) and multiplies back.
+- slices: thickness/spacing {ratios[0]}-{ratios[1]} in training (gaps).
 
 ## Configuration
 
@@ -221,36 +324,27 @@ Through-plane super-resolution and low-to-high-field contrast transfer for T1-we
 | total steps | {entry["steps"]} |
 | stages | {stages} |
 | inference tile | {entry.get("tile", "default (models.infer.TileSettings)")} |
-| back-projection | {"on" if entry.get("consistency_correction") else "off"} (see EVALUATION.md) |
-| training time | {entry["training_seconds"] / 60:.0f} min wall clock |
+| back-projection | {"on" if entry.get("consistency_correction") else "off"} |
+| training time | {entry["training_seconds"] / 60:.0f} min wall clock, {cpu_hours:.1f} CPU-hours |
 | hardware | {hw} |
-| seed | {cfg["train"]["seed"]} |
-
-This is the *reduced* model that fits a CPU budget; the full-size configuration
-(`models/configs/t1_k{k}_full.toml`: 16 base filters, no global residual) exists and is tested
-at small scale, but was not trained for this release.
+| seed | {t["seed"]} |
 
 ## Data
 
-Only brains shipped in PyPI wheels. Training: {", ".join(cfg["data"]["train_brains"])}.
-Held out for validation/evaluation: {", ".join(cfg["data"]["val_brains"])}.
-Tissue maps: shipped GM/WM for mni152-2009a, 3-class Gaussian mixture otherwise.
-Every refill draws {cfg["data"]["draws_per_brain"]} simulated acquisitions per brain (random
-slice axis among {cfg["data"]["slice_axes"]}, random affine +-10 deg / +-10 %, smooth bias field,
-flips), {cfg["data"]["patches_per_draw"]} patches per draw with background rejection
-(>= {cfg["data"]["min_foreground"]:.0%} head voxels).
+{_data_lines(cfg)}
 
 ## Simulator
 
-Lin et al. 2019 Algorithm 1 (`models/simulate.py`): Gaussian slice profile FWHM = slice
-thickness = {k} voxels (thickness ratio {cfg["data"]["thickness_ratio"]}), a slice every {k}
-voxels, GM rescaled and {cfg["data"]["noise"]} noise added so that (SNR_WM, SNR_GM) ~
-N({list(prof.snr_mean)}, {[list(r) for r in prof.snr_covariance]}) ({prof.source}).
+Lin et al. 2019 Algorithm 1 (`models/simulate.py`): Gaussian slice profile, FWHM = slice
+thickness, a slice every {k} thin voxels, GM rescaled and {d["noise"]} noise added over the
+whole field of view so that (SNR_WM, SNR_GM) ~ N({list(prof.snr_mean)},
+{[list(r) for r in prof.snr_covariance]}) ({prof.source}).
 
 ## Validation during training
 
-Held-out patches (axial, mean SNR): final {val[-1]:.2f} dB vs linear interpolation {lin[-1]:.2f} dB
-(PSNR on the normalised scale, peak 1).
+Validation patches (axial, mean SNR): final {val[-1]:.2f} dB vs linear interpolation
+{lin[-1]:.2f} dB (PSNR on the normalised scale, peak 1). The figures that matter are the
+whole-pipeline ones in models/EVALUATION.md.
 
 {extra}
 """

@@ -21,7 +21,8 @@ import torch
 from torch.nn import functional as F
 
 from models.aniso_unet import AnisoUNet, UNetConfig
-from models.brains import HELD_OUT_BRAINS, TRAIN_BRAINS, load_brain
+from models.augment import GridDraw
+from models.brains import HELD_OUT_BRAINS, TRAIN_BRAINS, Brain, load_brain
 from models.patches import DrawSettings, sample_patches, simulate_pair
 from models.profile import load_profile
 
@@ -41,6 +42,23 @@ class DataConfig:
     augment: bool = True
     hf_gm_scale: list[float] = field(default_factory=lambda: [1.0, 1.0])
     val_patches: int = 64
+    # Release 0.2 (see models.patches.DrawSettings and models.augment.GridDraw):
+    regions: dict[str, str] = field(default_factory=dict)
+    val_regions: dict[str, str] = field(default_factory=dict)
+    random_grid: bool = False
+    in_plane_mm: list[float] = field(default_factory=lambda: [0.9, 1.5])
+    thin_mm: list[float] = field(default_factory=lambda: [0.75, 1.5])
+    max_rotation_deg: float = 15.0
+    max_scale: float = 0.1
+    elastic_mm: float = 3.0
+    thickness_ratios: list[float] = field(default_factory=list)
+    target_contrast: bool = False
+    normalisation: str = "head-p99"
+    shading: float = 0.15
+    csf_jitter: float = 0.0
+    loss_margin_mm: float = 5.0
+    outside_weight: float = 1.0
+    edge_fraction: float = 0.0
 
 
 @dataclass
@@ -57,6 +75,7 @@ class OptimConfig:
     log_every: int = 50
     max_minutes: float = 0.0
     init_from: str = ""
+    draw_workers: int = 0
 
 
 @dataclass
@@ -88,6 +107,17 @@ class TrainConfig:
         return {"model": asdict(self.model), "data": asdict(self.data), "train": asdict(self.train)}
 
 
+def initial_weights(path: str | Path, device: torch.device) -> dict[str, torch.Tensor]:
+    """A state dict from a run's ``model.pt`` or a released (float16) ``.safetensors`` file,
+    so a later session continues from the weights committed at the end of the last one."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from models.release import load_weights
+
+        return {k: v.to(device) for k, v in load_weights(path, None).state_dict().items()}
+    return torch.load(path, weights_only=False, map_location=device)["model"]
+
+
 def lr_factor(step: int, cfg: OptimConfig) -> float:
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
@@ -95,83 +125,184 @@ def lr_factor(step: int, cfg: OptimConfig) -> float:
     return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def loss_fn(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+def loss_fn(
+    pred: torch.Tensor, target: torch.Tensor, kind: str, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean squared or absolute error, weighted voxel by voxel when ``weight`` is given."""
     if kind == "mse":
-        return F.mse_loss(pred, target)
-    if kind == "l1":
-        return F.l1_loss(pred, target)
-    raise ValueError(f"loss must be 'mse' or 'l1', got {kind!r}")
+        err = (pred - target) ** 2
+    elif kind == "l1":
+        err = (pred - target).abs()
+    else:
+        raise ValueError(f"loss must be 'mse' or 'l1', got {kind!r}")
+    if weight is None:
+        return err.mean()
+    return (err * weight).sum() / weight.sum().clamp_min(1e-6)
+
+
+def draw_settings(cfg: TrainConfig, *, augment: bool | None = None) -> DrawSettings:
+    """The simulator settings a configuration describes (training, or validation without
+    augmentation)."""
+    d = cfg.data
+    grid = None
+    if d.random_grid:
+        grid = GridDraw(
+            in_plane_mm=(float(d.in_plane_mm[0]), float(d.in_plane_mm[1])),
+            thin_mm=(float(d.thin_mm[0]), float(d.thin_mm[1])),
+            max_rotation_deg=d.max_rotation_deg,
+            max_scale=d.max_scale,
+            elastic_mm=d.elastic_mm,
+        )
+    ratios = d.thickness_ratios
+    return DrawSettings(
+        factor=cfg.model.factor,
+        profile=load_profile(d.profile),
+        noise=d.noise,
+        thickness_ratio=d.thickness_ratio,
+        slice_axes=tuple(d.slice_axes),
+        augment=d.augment if augment is None else augment,
+        hf_gm_scale=(float(d.hf_gm_scale[0]), float(d.hf_gm_scale[1])),
+        grid=grid,
+        thickness_ratios=(float(ratios[0]), float(ratios[1])) if ratios else None,
+        target_contrast=d.target_contrast,
+        normalisation=d.normalisation,
+        shading=d.shading,
+        csf_jitter=d.csf_jitter,
+        loss_margin_mm=d.loss_margin_mm,
+        outside_weight=d.outside_weight,
+        threads=max(1, cfg.train.threads),
+    )
+
+
+def load_region(name: str, regions: dict[str, str]) -> Brain:
+    """A shipped brain, cut to the hemisphere the configuration names for it (if any)."""
+    return load_brain(name).hemisphere(regions.get(name, "whole"))
+
+
+_WORKER_STATE: dict[str, object] = {}
+
+
+def _init_draw_worker(brains: list, settings: DrawSettings, patch_args: dict) -> None:
+    """Runs once in each draw process: keeps the brains and settings for every later task."""
+    torch.set_num_threads(1)
+    _WORKER_STATE.update(brains=brains, settings=settings, patch_args=patch_args)
+
+
+def _draw_patches(brain_index: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One simulated acquisition of one brain, cut into patches (in a draw process)."""
+    brains = _WORKER_STATE["brains"]
+    settings = _WORKER_STATE["settings"]
+    rng = np.random.default_rng(seed)
+    low, high, weight = simulate_pair(brains[brain_index], settings, rng)  # type: ignore[index,arg-type]
+    return sample_patches(low, high, rng=rng, weight=weight, **_WORKER_STATE["patch_args"])  # type: ignore[arg-type]
 
 
 class PatchStream:
-    """Endless shuffled batches, refilled with fresh simulated draws of every training brain."""
+    """Endless shuffled batches, refilled with fresh simulated draws of every training brain.
+
+    With ``train.draw_workers`` > 0 the draws are simulated in that many processes, one refill
+    ahead of the training loop (a GPU trains faster than one core can simulate); each draw then
+    gets its own seed from the stream's generator, so a run stays reproducible.
+    """
 
     def __init__(self, cfg: TrainConfig, rng: np.random.Generator, brains: list | None = None):
         self.cfg = cfg
         self.rng = rng
-        self.brains = (
-            brains if brains is not None else [load_brain(n) for n in cfg.data.train_brains]
-        )
         d = cfg.data
-        self.settings = DrawSettings(
-            factor=cfg.model.factor,
-            profile=load_profile(d.profile),
-            noise=d.noise,
-            thickness_ratio=d.thickness_ratio,
-            slice_axes=tuple(d.slice_axes),
-            augment=d.augment,
-            hf_gm_scale=(float(d.hf_gm_scale[0]), float(d.hf_gm_scale[1])),
+        self.brains = (
+            brains if brains is not None else [load_region(n, d.regions) for n in d.train_brains]
         )
+        self.settings = draw_settings(cfg)
+        self.patch_args = {
+            "factor": cfg.model.factor,
+            "count": d.patches_per_draw,
+            "in_plane": d.patch_in_plane,
+            "out_slices": d.patch_in_plane,
+            "min_foreground": d.min_foreground,
+            "edge_fraction": d.edge_fraction,
+        }
         self.x = np.empty((0,))
         self.y = np.empty((0,))
+        self.w = np.empty((0,))
         self.pos = 0
+        self.pool = None
+        self.pending: list = []
+        if cfg.train.draw_workers > 0:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self.pool = ProcessPoolExecutor(
+                cfg.train.draw_workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_draw_worker,
+                initargs=(self.brains, self.settings, self.patch_args),
+            )
+            self.pending = self._submit_round()
+
+    def _submit_round(self) -> list:
+        assert self.pool is not None
+        jobs = [
+            (i, int(self.rng.integers(2**63)))
+            for i in range(len(self.brains))
+            for _ in range(self.cfg.data.draws_per_brain)
+        ]
+        return [self.pool.submit(_draw_patches, i, seed) for i, seed in jobs]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+            self.pool = None
 
     def refill(self) -> None:
-        d = self.cfg.data
-        xs, ys = [], []
-        for brain in self.brains:
-            for _ in range(d.draws_per_brain):
-                low, high = simulate_pair(brain, self.settings, self.rng)
-                x, y = sample_patches(
-                    low,
-                    high,
-                    self.cfg.model.factor,
-                    d.patches_per_draw,
-                    self.rng,
-                    in_plane=d.patch_in_plane,
-                    out_slices=d.patch_in_plane,
-                    min_foreground=d.min_foreground,
-                )
+        xs, ys, ws = [], [], []
+        if self.pool is not None:
+            done, self.pending = self.pending, self._submit_round()
+            for future in done:
+                x, y, w = future.result()
                 xs.append(x)
                 ys.append(y)
+                ws.append(w)
+        else:
+            for brain in self.brains:
+                for _ in range(self.cfg.data.draws_per_brain):
+                    low, high, weight = simulate_pair(brain, self.settings, self.rng)
+                    x, y, w = sample_patches(
+                        low, high, rng=self.rng, weight=weight, **self.patch_args
+                    )
+                    xs.append(x)
+                    ys.append(y)
+                    ws.append(w)
         order = self.rng.permutation(sum(len(x) for x in xs))
         self.x = np.concatenate(xs)[order]
         self.y = np.concatenate(ys)[order]
+        self.w = np.concatenate(ws)[order]
         self.pos = 0
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b = self.cfg.train.batch_size
         if self.pos + b > len(self.x):
             self.refill()
         sl = slice(self.pos, self.pos + b)
         self.pos += b
-        return torch.from_numpy(self.x[sl]), torch.from_numpy(self.y[sl])
+        return (
+            torch.from_numpy(self.x[sl]),
+            torch.from_numpy(self.y[sl]),
+            torch.from_numpy(self.w[sl]),
+        )
 
 
 def validation_set(cfg: TrainConfig, seed: int = 1234) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fixed patches of the held-out brains: axial, mean SNR, no augmentation."""
+    """Fixed patches of the held-out brains (or halves): axial, mean SNR, no augmentation."""
     if not cfg.data.val_brains:
         return torch.empty(0), torch.empty(0)
     rng = np.random.default_rng(seed)
-    profile = load_profile(cfg.data.profile)
-    settings = DrawSettings(
-        factor=cfg.model.factor, profile=profile, noise=cfg.data.noise, augment=False
-    )
+    settings = draw_settings(cfg, augment=False)
     xs, ys = [], []
     per = max(1, cfg.data.val_patches // len(cfg.data.val_brains))
     for name in cfg.data.val_brains:
-        low, high = simulate_pair(load_brain(name), settings, rng, axis=2, snr=profile.snr_mean)
-        x, y = sample_patches(
+        brain = load_region(name, cfg.data.val_regions)
+        low, high, _ = simulate_pair(brain, settings, rng, axis=2, snr=settings.profile.snr_mean)
+        x, y, _ = sample_patches(
             low,
             high,
             cfg.model.factor,
@@ -282,9 +413,7 @@ def train(
     ckpt_path = out / "checkpoint.pt"
     if t.init_from:
         # Warm start (fine-tuning): weights only; optimiser, schedule and step start afresh.
-        model.load_state_dict(
-            torch.load(t.init_from, weights_only=False, map_location=device)["model"]
-        )
+        model.load_state_dict(initial_weights(t.init_from, device))
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, weights_only=False, map_location=device)
         model.load_state_dict(ck["model"])
@@ -323,9 +452,9 @@ def train(
     done = start  # steps completed (optimiser stepped), what a checkpoint resumes from
     try:
         for step in range(start, t.steps):
-            x, y = stream.next_batch()
-            x, y = x.to(device), y.to(device)
-            loss = loss_fn(model(x), y, t.loss)
+            x, y, w = stream.next_batch()
+            x, y, w = x.to(device), y.to(device), w.to(device)
+            loss = loss_fn(model(x), y, t.loss, w)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -365,6 +494,7 @@ def train(
             for key in ("val_psnr", "val_psnr_linear"):
                 history[key].append(v[key])
     finally:
+        stream.close()
         if bar is not None:
             bar.close()
         history["steps_done"] = done

@@ -10,6 +10,7 @@ centred on it. Same frame of reference: no resampling in patient space ever happ
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass, field
 
@@ -70,6 +71,15 @@ def choose_factor(
     return factors[-1]
 
 
+def _accepts_spacing(engine: ThroughPlaneEngine) -> bool:
+    """Whether the engine takes the optional ``spacing_mm`` keyword (engines written before it
+    existed, e.g. third-party plug-ins, keep working without it)."""
+    try:
+        return "spacing_mm" in inspect.signature(engine.upsample).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def slice_axis_last(image: sitk.Image) -> sitk.Image:
     """Permute the image axes so the slice axis (largest spacing) is z, i.e. array axis 0."""
     spacing = image.GetSpacing()
@@ -109,11 +119,14 @@ def enhance_volume(
     )
     array = sitk.GetArrayFromImage(image)
     mask_array = sitk.GetArrayViewFromImage(mask) if mask is not None else None
-    normalisation = fit_normalisation(array, mask_array, intensity)
+    # Array axes (slice, row, column): sitk spacing is (column, row, slice).
+    array_spacing = (float(spacing[2]), float(spacing[1]), float(spacing[0]))
+    normalisation = fit_normalisation(array, mask_array, intensity, array_spacing)
     info = engine.info
     log.info("engine %s %s, factor %d", info.name, info.version, factor)
+    extra = {"spacing_mm": array_spacing} if _accepts_spacing(engine) else {}
     try:
-        result = engine.upsample(normalisation.apply(array), factor, thickness_ratio)
+        result = engine.upsample(normalisation.apply(array), factor, thickness_ratio, **extra)
     except Exception as exc:
         raise EnhanceError("engine-failed", f"engine {info.name} failed: {exc}") from exc
     expected = (array.shape[0] * factor,) + array.shape[1:]

@@ -1,9 +1,12 @@
 """Intensity normalisation the engines can rely on, and optional slice-wise equalisation.
 
-Normalisation (``percentile``, the default): ``x_n = (x - offset) / scale`` with ``offset = 0``
-(MR magnitude: air stays at zero, so the engines see an unshifted background) and ``scale`` the
-given percentile (99 by default) of the voxels inside the head mask. Brain tissue then lies in
-about 0..1 whatever the scanner's arbitrary units. The pair (offset, scale) is kept in a
+Normalisation: ``x_n = (x - offset) / scale`` with ``offset = 0`` (MR magnitude: air stays at
+zero, so the engines see an unshifted background). ``wm-peak`` (the default) takes ``scale``
+from brain tissue: the white-matter level of the head's core, the same function
+(``models.normalize.wm_peak_scale``) that the 0.2 networks were trained with, so white matter
+lands near 1 whatever the scanner's units, the field of view or the amount of scalp fat.
+``percentile`` (release 0.1's default) divides by a percentile of the head mask, which on T1 is
+scalp fat, so the brain's scale followed the scalp. The pair (offset, scale) is kept in a
 ``Normalisation`` record and ``invert`` multiplies it back, so the derived series comes out in the
 source's range and the source's window settings stay meaningful. ``none`` is the identity.
 
@@ -40,11 +43,19 @@ class Normalisation:
 
 
 def fit_normalisation(
-    array: np.ndarray, mask: np.ndarray | None, settings: IntensitySettings
+    array: np.ndarray,
+    mask: np.ndarray | None,
+    settings: IntensitySettings,
+    spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0),
 ) -> Normalisation:
-    """Measure the normalisation on the head (all voxels when there is no usable mask)."""
+    """Measure the normalisation (array axes in ``spacing_mm``; the percentile method uses the
+    head ``mask``, all voxels when there is no usable mask)."""
     if settings.normalisation == "none":
         return Normalisation("none", 0.0, 1.0)
+    if settings.normalisation == "wm-peak":
+        from models.normalize import wm_peak_scale
+
+        return Normalisation("wm-peak", 0.0, wm_peak_scale(array, spacing_mm))
     values = array[mask > 0] if mask is not None and np.any(mask) else array.ravel()
     scale = float(np.percentile(values, settings.percentile))
     if not np.isfinite(scale) or scale <= 0:

@@ -56,12 +56,14 @@ class N4Settings(_Strict):
 class IntensitySettings(_Strict):
     """Normalisation and slice equalisation (``pipeline.intensity``).
 
-    ``percentile``: intensities are divided by the given percentile of the head-mask voxels, so
-    the bulk of brain tissue lies in about 0..1 whatever the scanner's scale; the divisor is kept
-    and multiplied back afterwards, so outputs come back in the source's range.
+    ``wm-peak`` (default): intensities are divided by the white-matter level of the head's core
+    (``models.normalize.wm_peak_scale``, what the 0.2 networks were trained with), so white
+    matter sits near 1 whatever the scanner's scale or the scalp; ``percentile``: by the given
+    percentile of the head-mask voxels (release 0.1). The divisor is kept and multiplied back
+    afterwards, so outputs come back in the source's range.
     """
 
-    normalisation: Literal["percentile", "none"] = "percentile"
+    normalisation: Literal["wm-peak", "percentile", "none"] = "wm-peak"
     percentile: float = Field(99.0, gt=50, le=100)
     slice_equalisation: bool = False
     equalisation_match_points: int = Field(7, ge=1, le=64)

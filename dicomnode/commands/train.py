@@ -29,7 +29,10 @@ def train(
     ] = None,
     init_from: Annotated[
         Path | None,
-        typer.Option("--init-from", help="Start from this model.pt (fine-tuning stage)."),
+        typer.Option(
+            "--init-from",
+            help="Start from this model.pt or released .safetensors (fresh optimiser).",
+        ),
     ] = None,
 ) -> None:
     """Train one factor's network; writes model.pt, history.json and curves.png into OUT."""

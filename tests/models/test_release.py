@@ -121,7 +121,7 @@ def test_release_run_writes_file_manifest_and_card(tmp_path: Path, phantom_brain
     path = release_run(tmp_path / "run", out, "## Evaluation\n\ntable here\n", "test-cpu")
     entry = read_manifest(out)["models"][path.name]
     assert entry["sha256"] == sha256_file(path) and entry["steps"] == 2
-    card = (out / "iqt-t1-k8.md").read_text()
+    card = path.with_suffix(".md").read_text()
     assert entry["sha256"] in card and "table here" in card and "test-cpu" in card
     engine = IQTEngine.from_release(out)
     assert engine.supported_factors == (8,)
