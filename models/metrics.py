@@ -98,3 +98,165 @@ def edge_f1(
     precision = float((ep & near_t).sum()) / max(int(ep.sum()), 1)
     recall = float((et & near_p).sum()) / max(int(et.sum()), 1)
     return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+# --- Whole-pipeline quality benchmark (bench/bench_quality.py, bench/QUALITY_PROTOCOL.md) ---
+
+
+def affine_match(
+    pred: np.ndarray, truth: np.ndarray, mask: np.ndarray
+) -> tuple[np.ndarray, float, float]:
+    """``a * pred + b`` with (a, b) the least-squares fit to ``truth`` over ``mask``.
+
+    Intensities of an enhanced series are in the scanner's arbitrary units; one global affine
+    map puts any method on the truth's scale without favouring any of them (a method cannot gain
+    from it by anything but being right up to a global gain and offset). Returns the matched
+    volume (float32, everywhere, not only in the mask) and (a, b).
+    """
+    p = pred[mask].astype(np.float64)
+    t = truth[mask].astype(np.float64)
+    if p.size < 2 or float(p.var()) == 0.0:
+        b = float(t.mean()) if t.size else 0.0
+        return np.full(pred.shape, b, np.float32), 0.0, b
+    a = float(np.mean((p - p.mean()) * (t - t.mean())) / p.var())
+    b = float(t.mean() - a * p.mean())
+    return (a * pred.astype(np.float32) + np.float32(b)).astype(np.float32), a, b
+
+
+def slice_ratio_profile(
+    pred: np.ndarray, truth: np.ndarray, mask: np.ndarray, min_voxels: int = 200
+) -> np.ndarray:
+    """Per slice (axis 0): sum of ``pred`` / sum of ``truth`` over the mask voxels of that slice.
+
+    NaN where a slice holds fewer than ``min_voxels`` mask voxels (a few voxels of brain at the
+    top of the head would make the ratio noise). Dividing by the truth removes the anatomy's own
+    slice-to-slice variation, so what remains is what the method did to each slice's level.
+    """
+    out = np.full(pred.shape[0], np.nan)
+    for i in range(pred.shape[0]):
+        m = mask[i]
+        if int(m.sum()) >= min_voxels:
+            denominator = float(truth[i][m].astype(np.float64).sum())
+            if denominator != 0.0:
+                out[i] = float(pred[i][m].astype(np.float64).sum()) / denominator
+    return out
+
+
+def _edge_and_interior(n: int, factor: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Thin-slice indices: the first and the last ``ceil(k / 2)`` (the half slice the output
+    extrapolates beyond each outer acquired slice), and the interior (``k`` in from each end)."""
+    half = max(1, int(np.ceil(factor / 2)))
+    first = np.arange(0, min(half, n))
+    last = np.arange(max(n - half, 0), n)
+    interior = np.arange(factor, max(n - factor, factor))
+    return first, last, interior
+
+
+def slab_edge_error(
+    pred: np.ndarray,
+    truth: np.ndarray,
+    mask: np.ndarray,
+    factor: int,
+    min_voxels: int = 200,
+) -> float:
+    """Slab-edge level error in percent of the interior's mean: the worse end, signed.
+
+    For each end E (the first or the last ``ceil(k/2)`` thin slices, i.e. those beyond the outer
+    acquired slice's centre) the mean of ``pred - truth`` over its mask voxels, minus the same
+    mean over the interior slices I (``k`` or more thin slices from either end), divided by the
+    truth's mean over I: ``100 (mean_E(pred - truth) - mean_I(pred - truth)) / mean_I(truth)``.
+    Returns the end with the larger magnitude: a bright band at the slab edge is positive, a
+    dark one negative. A bias is divided by the interior's level rather than each end's own
+    (a ratio per end), so that a dark end (CSF at the vertex) does not inflate the figure. NaN
+    if neither end has ``min_voxels`` mask voxels.
+    """
+    first, last, interior = _edge_and_interior(pred.shape[0], factor)
+
+    def bias(index: np.ndarray) -> float:
+        m = mask[index]
+        if int(m.sum()) < min_voxels:
+            return float("nan")
+        return float(np.mean(pred[index][m].astype(np.float64) - truth[index][m]))
+
+    m_interior = mask[interior]
+    if int(m_interior.sum()) < min_voxels:
+        return float("nan")
+    level = float(truth[interior][m_interior].astype(np.float64).mean())
+    reference = bias(interior)
+    values = [100.0 * (bias(e) - reference) / level for e in (first, last)]
+    values = [v for v in values if np.isfinite(v)]
+    if not values:
+        return float("nan")
+    return float(max(values, key=abs))
+
+
+def slab_edge_psnr_drop(
+    pred: np.ndarray,
+    truth: np.ndarray,
+    mask: np.ndarray,
+    factor: int,
+    peak: float | None = None,
+    min_voxels: int = 200,
+) -> float:
+    """PSNR of the interior thin slices minus PSNR of the edge slices (both ends pooled), dB.
+
+    Same slice sets as ``slab_edge_error``; the peak is the truth's maximum over the whole mask.
+    Positive when the slab edges are worse than the interior, whatever the artefact's shape (a
+    bright band next to a dark line cancels in the level error but not here).
+    """
+    first, last, interior = _edge_and_interior(pred.shape[0], factor)
+    edges = np.concatenate([first, last])
+    p = float(truth[mask].max()) if peak is None else peak
+    if int(mask[edges].sum()) < min_voxels or int(mask[interior].sum()) < min_voxels:
+        return float("nan")
+    return psnr_in_mask(pred[interior], truth[interior], mask[interior], p) - psnr_in_mask(
+        pred[edges], truth[edges], mask[edges], p
+    )
+
+
+def ripple_amplitude(
+    pred: np.ndarray,
+    truth: np.ndarray,
+    mask: np.ndarray,
+    factor: int,
+    min_voxels: int = 200,
+) -> float:
+    """Amplitude of the intensity ripple with a period of ``factor`` thin slices, in percent.
+
+    ``r`` = ``slice_ratio_profile`` over the longest run of slices with ``min_voxels`` mask
+    voxels, leaving out the ``factor`` thin slices at each end of the grid (slab edges have their
+    own metric). ``r`` is detrended by subtracting its moving average over ``factor`` slices
+    (which removes slow trends but keeps a period-``factor`` component whole), ``factor // 2``
+    more slices are dropped at each end of the run (where the moving average is one-sided), and
+    a sinusoid of period ``factor`` (phase free, referenced to the grid index) is fitted by least
+    squares: its amplitude over the mean of ``r``, in percent. ``r_i = c (1 + a cos(2 pi i / k +
+    phi))`` gives ``100 a``. NaN with fewer than two periods of usable slices.
+    """
+    from scipy.ndimage import uniform_filter1d
+
+    n = pred.shape[0]
+    r = slice_ratio_profile(pred, truth, mask, min_voxels)
+    valid = np.isfinite(r)
+    valid[: min(factor, n)] = False
+    valid[max(n - factor, 0) :] = False
+    best: tuple[int, int] = (0, 0)
+    start = None
+    for i in range(n + 1):
+        if i < n and valid[i]:
+            start = i if start is None else start
+        elif start is not None:
+            if i - start > best[1] - best[0]:
+                best = (start, i)
+            start = None
+    lo, hi = best
+    if hi - lo < 2 * factor + 2 * (factor // 2):
+        return float("nan")
+    segment = r[lo:hi]
+    detrended = segment - uniform_filter1d(segment, size=factor, mode="nearest")
+    trim = factor // 2
+    index = np.arange(lo, hi)[trim : len(segment) - trim]
+    d = detrended[trim : len(segment) - trim]
+    phase = 2.0 * np.pi * index / factor
+    design = np.column_stack([np.cos(phase), np.sin(phase), np.ones_like(phase)])
+    (c, s, _), *_ = np.linalg.lstsq(design, d, rcond=None)
+    return float(100.0 * np.hypot(c, s) / float(np.mean(segment)))

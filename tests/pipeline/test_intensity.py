@@ -16,12 +16,18 @@ def test_normalisation_is_documented_and_reversible(series_cache):
     image = read_volume(series_cache()).image
     array = sitk.GetArrayFromImage(image)
     mask = sitk.GetArrayFromImage(head_mask(image))
-    norm = fit_normalisation(array, mask, IntensitySettings())
-    assert norm.offset == 0.0
-    assert norm.scale == np.percentile(array[mask > 0], 99.0)
+    spacing = image.GetSpacing()[::-1]  # array axes (slice, row, column)
+    norm = fit_normalisation(array, mask, IntensitySettings(), spacing)
+    # The default is the training's own white-matter scale, measured in millimetres.
+    from models.normalize import wm_peak_scale
+
+    assert (norm.method, norm.offset) == ("wm-peak", 0.0)
+    assert norm.scale == pytest.approx(wm_peak_scale(array, spacing))
     normalised = norm.apply(array)
     assert 0.3 < np.median(normalised[mask > 0]) < 1.0
     np.testing.assert_allclose(norm.invert(normalised), array, rtol=1e-5, atol=1e-3)
+    percentile = fit_normalisation(array, mask, IntensitySettings(normalisation="percentile"))
+    assert percentile.scale == np.percentile(array[mask > 0], 99.0)
     identity = fit_normalisation(array, mask, IntensitySettings(normalisation="none"))
     np.testing.assert_array_equal(identity.apply(array), array)
 
