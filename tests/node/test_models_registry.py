@@ -23,11 +23,40 @@ from db.session import Database
 from dicomnode import registry
 from dicomnode.commands.models import app as models_app
 from dicomnode.registry import RegistryError
-from models.release import MODEL_NAME, read_manifest, sha256_file, weights_dir
+from models.release import (
+    FIRST_VERSION,
+    MODEL_NAME,
+    read_manifest,
+    save_weights,
+    sha256_file,
+    version_key,
+    weights_dir,
+)
 
 PROFILE = "T1-0.36T"
 K4 = weights_dir() / "iqt-t1-k4.safetensors"
 K8 = weights_dir() / "iqt-t1-k8.safetensors"
+NEWEST = max((e["version"] for e in read_manifest()["models"].values()), key=version_key)
+
+
+def _package(folder: Path, versions: set[str]) -> Path:
+    """A copy of the shipped weights folder holding only ``versions`` (files and manifest)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest()
+    kept = {n: e for n, e in manifest["models"].items() if e["version"] in versions}
+    for name in kept:
+        shutil.copy(weights_dir() / name, folder / name)
+        card = (weights_dir() / name).with_suffix(".md")
+        if card.exists():
+            shutil.copy(card, folder / card.name)
+    (folder / "manifest.json").write_text(json.dumps({"models": kept}))
+    return folder
+
+
+@pytest.fixture
+def first_release(tmp_path: Path) -> Path:
+    """The package as it was with release 0.1.0 only: what most tests here start from."""
+    return _package(tmp_path / "package-0.1.0", {FIRST_VERSION})
 
 
 @pytest.fixture
@@ -76,10 +105,12 @@ def _flip_byte(path: Path, offset: int = -100) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_sync_released_registers_both_factors_active_and_is_idempotent(database, data_dir):
+def test_sync_released_registers_both_factors_active_and_is_idempotent(
+    database, data_dir, first_release
+):
     manifest = read_manifest()["models"]
     with database.session() as session:
-        created = registry.sync_released(session, data_dir)
+        created = registry.sync_released(session, data_dir, directory=first_release)
         assert sorted(r.factor for r in created) == [4, 8]
         active = registry.active_models(session, PROFILE)
         assert registry.profiles(session) == [PROFILE]
@@ -97,21 +128,89 @@ def test_sync_released_registers_both_factors_active_and_is_idempotent(database,
 
     before = (_states(database), _activations(database))
     with database.session() as session:
-        assert registry.sync_released(session, data_dir) == []
+        assert registry.sync_released(session, data_dir, directory=first_release) == []
     assert (_states(database), _activations(database)) == before
 
 
-def test_sync_never_undoes_an_administrators_choice(database, data_dir, plain_k4):
+def test_sync_never_undoes_an_administrators_choice(database, data_dir, plain_k4, first_release):
     with database.session() as session:
-        registry.sync_released(session, data_dir)
+        registry.sync_released(session, data_dir, directory=first_release)
     _import(database, data_dir, plain_k4, "0.2.0-test")
     with database.session() as session:
         registry.activate(session, f"{MODEL_NAME}@0.2.0-test", by="alice")
-        registry.sync_released(session, data_dir)
+        registry.sync_released(session, data_dir, directory=first_release)
     states = _states(database)
     assert states[("0.2.0-test", 4)] == ModelState.ACTIVE
     assert states[("0.1.0", 4)] == ModelState.RETIRED  # not re-activated by the release
     assert states[("0.1.0", 8)] == ModelState.ACTIVE
+
+
+def _with_new_release(package: Path, version: str) -> Path:
+    """Add a (tiny, untrained) release ``version`` of both factors to a package folder."""
+    import torch
+
+    from models.aniso_unet import AnisoUNet, UNetConfig
+    from models.release import file_name
+
+    manifest = json.loads((package / "manifest.json").read_text())
+    for k in (4, 8):
+        torch.manual_seed(k)
+        net = AnisoUNet(UNetConfig(factor=k, base_filters=2, residual_input=True, norm="none"))
+        name = file_name(k, version)
+        meta = {"name": MODEL_NAME, "version": version, "input_normalisation": "wm-peak"}
+        sha = save_weights(net, package / name, meta)
+        manifest["models"][name] = {
+            "factor": k,
+            "version": version,
+            "sha256": sha,
+            "profile": PROFILE,
+        }
+    (package / "manifest.json").write_text(json.dumps(manifest))
+    return package
+
+
+def test_a_new_release_replaces_a_released_version_and_rolls_back(
+    database, data_dir, first_release
+):
+    """An upgrade brings a newer released version into use by itself, with the old one a
+    rollback away; a fresh installation ends on the newest with the same history."""
+    with database.session() as session:
+        registry.sync_released(session, data_dir, directory=first_release)
+    upgraded = _with_new_release(first_release, "9.1.0")
+    with database.session() as session:
+        created = registry.sync_released(session, data_dir, directory=upgraded)
+        assert sorted((r.version, r.factor) for r in created) == [("9.1.0", 4), ("9.1.0", 8)]
+    states = _states(database)
+    assert states[("9.1.0", 4)] == states[("9.1.0", 8)] == ModelState.ACTIVE
+    assert states[(FIRST_VERSION, 4)] == states[(FIRST_VERSION, 8)] == ModelState.RETIRED
+    assert [a[0] for a in _activations(database)] == ["release"] * 4
+    with database.session() as session:
+        restored = registry.rollback(session, PROFILE, by="bob")
+        assert sorted((r.version, r.factor) for r in restored) == [
+            (FIRST_VERSION, 4),
+            (FIRST_VERSION, 8),
+        ]
+    # A restart after the administrator's rollback does not bring 9.1.0 back.
+    with database.session() as session:
+        assert registry.sync_released(session, data_dir, directory=upgraded) == []
+    assert _states(database)[(FIRST_VERSION, 4)] == ModelState.ACTIVE
+
+
+def test_a_new_release_waits_where_an_administrator_chose(
+    database, data_dir, plain_k4, first_release
+):
+    with database.session() as session:
+        registry.sync_released(session, data_dir, directory=first_release)
+    _import(database, data_dir, plain_k4, "0.1.5-site")
+    with database.session() as session:
+        registry.activate(session, f"{MODEL_NAME}@0.1.5-site", by="alice")
+        registry.sync_released(
+            session, data_dir, directory=_with_new_release(first_release, "9.1.0")
+        )
+    states = _states(database)
+    assert states[("0.1.5-site", 4)] == ModelState.ACTIVE  # the administrator's choice stays
+    assert states[("9.1.0", 4)] == ModelState.AVAILABLE
+    assert states[("9.1.0", 8)] == ModelState.ACTIVE  # k8: the active one was a release
 
 
 def test_sync_refuses_a_corrupted_package(database, data_dir, tmp_path):
@@ -174,9 +273,11 @@ def test_import_checks_before_copying(database, data_dir, plain_k4, tmp_path):
     assert ok.version == "0.3.0-test"
 
 
-def test_activate_and_rollback_walk_back_through_history(database, data_dir, plain_k4):
+def test_activate_and_rollback_walk_back_through_history(
+    database, data_dir, plain_k4, first_release
+):
     with database.session() as session:
-        registry.sync_released(session, data_dir)
+        registry.sync_released(session, data_dir, directory=first_release)
     a = registry_id(database, "0.1.0", 4)
     b = _import(database, data_dir, plain_k4, "0.2.0-test").id
     c = _import(database, data_dir, plain_k4, "0.3.0-test").id
@@ -225,9 +326,11 @@ def registry_id(database: Database, version: str, factor: int) -> int:
         return row.id
 
 
-def test_verify_detects_a_tampered_file_and_activation_refuses_it(database, data_dir, plain_k4):
+def test_verify_detects_a_tampered_file_and_activation_refuses_it(
+    database, data_dir, plain_k4, first_release
+):
     with database.session() as session:
-        registry.sync_released(session, data_dir)
+        registry.sync_released(session, data_dir, directory=first_release)
     row = _import(database, data_dir, plain_k4, "0.2.0-test")
     with database.session() as session:
         assert all(problem is None for _, problem in registry.verify(session))
@@ -243,9 +346,11 @@ def test_verify_detects_a_tampered_file_and_activation_refuses_it(database, data
         assert "file missing" in {r.id: p for r, p in registry.verify(session)}[row.id]
 
 
-def test_remove_refuses_what_is_in_use_and_keeps_history(database, data_dir, plain_k4):
+def test_remove_refuses_what_is_in_use_and_keeps_history(
+    database, data_dir, plain_k4, first_release
+):
     with database.session() as session:
-        registry.sync_released(session, data_dir)
+        registry.sync_released(session, data_dir, directory=first_release)
     used = _import(database, data_dir, plain_k4, "0.2.0-test")
     spare = _import(database, data_dir, plain_k4, "0.3.0-test")
     with database.session() as session:
@@ -299,9 +404,9 @@ def test_remove_refuses_what_is_in_use_and_keeps_history(database, data_dir, pla
     assert back.id == used.id and back.state == "available" and Path(back.path).is_file()
 
 
-def test_rollback_skips_removed_versions(database, data_dir, plain_k4):
+def test_rollback_skips_removed_versions(database, data_dir, plain_k4, first_release):
     with database.session() as session:
-        registry.sync_released(session, data_dir)
+        registry.sync_released(session, data_dir, directory=first_release)
     a = registry_id(database, "0.1.0", 4)
     b = _import(database, data_dir, plain_k4, "0.2.0-test").id
     c = _import(database, data_dir, plain_k4, "0.3.0-test").id
@@ -347,10 +452,12 @@ def _lines(result) -> list[dict]:  # type: ignore[no-untyped-def]
 
 def test_cli_round_trip(cli, plain_k4):
     listed = _lines(cli("list", "--json"))
-    assert sorted((r["factor"], r["state"], r["source"]) for r in listed) == [
-        (4, "active", "released"),
-        (8, "active", "released"),
-    ]
+    shipped = read_manifest()["models"].values()
+    # A fresh installation: every shipped version registered, the newest active.
+    assert sorted((r["version"], r["factor"], r["state"], r["source"]) for r in listed) == sorted(
+        (e["version"], e["factor"], "active" if e["version"] == NEWEST else "retired", "released")
+        for e in shipped
+    )
     assert {"id", "name", "version", "profile", "sha256", "created", "path"} <= set(listed[0])
     assert "card" not in listed[0]
 
@@ -364,9 +471,9 @@ def test_cli_round_trip(cli, plain_k4):
     )
     assert refused.exit_code == 1 and "not the expected" in _err(refused)
 
-    shown = _lines(cli("show", f"{MODEL_NAME}@0.1.0/k4", "--json"))[0]
+    shown = _lines(cli("show", f"{MODEL_NAME}@{NEWEST}/k4", "--json"))[0]
     assert "Model card" in shown["card"] and shown["activations"][0]["action"] == "release"
-    text = cli("show", f"{MODEL_NAME}@0.1.0/k4")
+    text = cli("show", f"{MODEL_NAME}@{NEWEST}/k4")
     assert text.exit_code == 0 and "Model card" in text.stdout
 
     activated = _lines(cli("activate", str(new["id"]), "--by", "alice", "--json"))
@@ -381,7 +488,7 @@ def test_cli_round_trip(cli, plain_k4):
     assert nothing.exit_code == 1 and "nothing earlier" in _err(nothing)
 
     verified = _lines(cli("verify", "--json"))
-    assert len(verified) == 3 and all(r["ok"] for r in verified)
+    assert len(verified) == len(shipped) + 1 and all(r["ok"] for r in verified)
     _flip_byte(Path(new["path"]))
     bad = cli("verify", "--json")
     assert bad.exit_code == 1 and "failed verification" in _err(bad)
