@@ -137,6 +137,9 @@ class Job(Base):
     output_series_uid: Mapped[str | None] = mapped_column(String(64))
     worker: Mapped[str | None] = mapped_column(String(32))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Worker processes that died on this job (OOM killer, a crash in native code): the runner
+    # queues the job again until ``[runner] worker_died_retries`` is spent, then fails it.
+    worker_deaths: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     result: Mapped[dict | None] = mapped_column(JSON)
 
     events: Mapped[list[JobEvent]] = relationship(order_by="JobEvent.id")

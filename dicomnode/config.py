@@ -194,7 +194,10 @@ class RunnerSettings(_Strict):
     ``gpu = "auto"`` runs one worker per visible CUDA device (one job at a time per GPU);
     ``cpu_workers`` (default: 1 without a GPU, 0 with one) bounds the CPU pool, each worker using
     ``cpu_threads`` threads. A job running longer than ``job_timeout_seconds`` has its worker
-    killed and fails (retryable). An output whose data-consistency score is below
+    killed and fails (retryable). A worker process that dies under a job (the kernel's OOM
+    killer, a crash in native code) is not the series' fault: the job is queued again
+    automatically up to ``worker_died_retries`` times (counted in ``jobs.worker_deaths``), then
+    fails with ``[worker-died]``. An output whose data-consistency score is below
     ``consistency_threshold_db`` is delivered with "REVIEW" in its SeriesDescription
     (``below_threshold = "flag"``) or held back until ``dicomnode jobs release`` (``"hold"``).
     """
@@ -204,6 +207,7 @@ class RunnerSettings(_Strict):
     cpu_workers: int | None = Field(default=None, ge=0, le=64)
     cpu_threads: int | None = Field(default=None, ge=1, le=256)
     job_timeout_seconds: float = Field(default=900.0, gt=0)
+    worker_died_retries: int = Field(default=2, ge=0, le=10)
     poll_interval_seconds: float = Field(default=0.5, gt=0)
     consistency_threshold_db: float | None = 20.0
     below_threshold: Literal["flag", "hold"] = "flag"

@@ -252,6 +252,7 @@ def retry(session: Session, job_id: int) -> tuple[Job, int]:
         if outbox:
             transition(session, job, JobState.STORED, f"retry: {len(rows)} delivery(ies) re-armed")
         else:
+            job.worker_deaths = 0  # a person asked again: the automatic retries start afresh
             transition(session, job, JobState.QUEUED, "retry: queued again")
     return job, len(rows)
 

@@ -89,7 +89,7 @@ class InstanceHeader:
     bits_allocated: int | None = None
     pixel_data_bytes: int | None = None  # declared length; None when absent or encapsulated
     has_pixel_data: bool = False
-    invalid: list[str] = field(default_factory=list)  # undecodable values, kept as absent
+    invalid: list[str] = field(default_factory=list)  # keywords of undecodable values, absent
 
     @property
     def frames(self) -> int:
@@ -190,7 +190,8 @@ def _integer_string(element: RawDataElement, header: InstanceHeader) -> int | No
     try:
         return int(text)
     except ValueError:
-        header.invalid.append(f"{_keyword(element.tag)} {text[:16]!r} is not an integer")
+        # keyword only: intake logs these, and a malformed value is not ours to repeat
+        header.invalid.append(f"{_keyword(element.tag)} is not an integer")
         return None
 
 

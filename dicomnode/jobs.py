@@ -27,7 +27,10 @@ def transition(session: Session, job: Job, to_state: str, reason: str | None = N
     job.state = to_state
     job.reason = reason
     job.updated_at = utcnow()
-    log.info(
+    # A failed job needs a person (`dicomnode jobs retry`): WARNING, so that it shows in
+    # `journalctl -p warning` and in alerting on the log level.
+    log.log(
+        logging.WARNING if to_state == JobState.FAILED else logging.INFO,
         "job %s -> %s",
         job.id,
         to_state,

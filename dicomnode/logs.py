@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()) | {"message"}
 _FORBIDDEN = ("patient", "name", "birth")
@@ -45,3 +46,18 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
     root.setLevel(level)
     # pynetdicom logs dataset summaries (which may include patient data) at DEBUG/INFO.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    quiet_value_warnings()
+
+
+def quiet_value_warnings() -> None:
+    """Keep the values quoted by pydicom's and highdicom's validation out of the log.
+
+    pydicom reports an invalid value ("Invalid value for VR DA: '31.12.1931'") both to its
+    logger and as a Python warning, which the default handler prints to stderr, the journal;
+    highdicom quotes a patient name it finds odd. A birth date or a name is patient data, so
+    these reports are dropped; ``pipeline.derive`` reports invalid patient and study attributes
+    itself, by keyword only.
+    """
+    for name in ("pydicom", "highdicom"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")

@@ -29,6 +29,9 @@ ORTHANC = "/usr/sbin/Orthanc"
 
 ORTHANC_PACKAGE = "orthanc"
 
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+"""Orthanc's DICOMweb plugin (Debian ``orthanc-dicomweb``): QIDO-RS, as OHIF queries a study."""
+
 
 def free_port() -> int:
     """A TCP port free on loopback right now (the OS picks it)."""
@@ -60,6 +63,8 @@ class Orthanc:
     process: subprocess.Popen | None = None
     name: str = "dicomnode-pacs"
     binary: str = ORTHANC
+    plugins: list[str] = field(default_factory=list)
+    """Plugin files to load (e.g. ``DICOMWEB_PLUGIN``); none by default."""
 
     # --- life cycle ------------------------------------------------------------------------------
     @property
@@ -71,7 +76,7 @@ class Orthanc:
         return self.folder / "orthanc.log"
 
     def configuration(self) -> dict[str, Any]:
-        """Orthanc's JSON configuration: no plugins, no authentication, any calling AE."""
+        """Orthanc's JSON configuration: the plugins asked for, no authentication, any AE."""
         return {
             "Name": self.name,
             "StorageDirectory": str(self.folder / "storage"),
@@ -82,7 +87,7 @@ class Orthanc:
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False,
             "DicomCheckCalledAet": False,
-            "Plugins": [],
+            "Plugins": list(self.plugins),
         }
 
     def start(self, timeout: float = 20.0) -> Orthanc:
@@ -146,6 +151,10 @@ class Orthanc:
     def series_url(self, orthanc_id: str) -> str:
         return f"{self.explorer_url}#series?uuid={orthanc_id}"
 
+    def instance_url(self, orthanc_id: str) -> str:
+        """One instance in Orthanc Explorer, where its tags (SeriesDescription, ...) are listed."""
+        return f"{self.explorer_url}#instance?uuid={orthanc_id}"
+
     def _open(self, path: str, method: str = "GET") -> bytes:
         request = urllib.request.Request(f"{self.base_url}{path}", method=method)
         with urllib.request.urlopen(request, timeout=10) as response:
@@ -179,6 +188,10 @@ class Orthanc:
             path.write_bytes(self.file(instance))
             paths.append(path)
         return paths
+
+    def qido(self, path: str) -> list[dict[str, Any]]:
+        """A QIDO-RS query (needs ``DICOMWEB_PLUGIN``), answered as DICOM JSON (PS3.18 F.2)."""
+        return self.get(f"/dicom-web/{path.lstrip('/')}")
 
     def count(self) -> int:
         return int(self.statistics()["CountInstances"])

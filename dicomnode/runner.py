@@ -58,6 +58,9 @@ PROCESSING_SECONDS = Histogram(
 
 OUTPUTS_SUBDIR = "outputs"
 
+WORKER_DIED = "worker-died"
+"""``WorkResult.reason`` when the worker process died under the job (retried automatically)."""
+
 
 class _Parked:
     """The node is stopping: the job goes back to the queue and runs again at the next start."""
@@ -132,7 +135,7 @@ class WorkerSlot:
                 return WorkResult(
                     request.job_id,
                     ok=False,
-                    reason="worker-died",
+                    reason=WORKER_DIED,
                     message=f"worker process {self.name} died (exit code {code}); "
                     "a fresh one takes the next job",
                 )
@@ -375,6 +378,8 @@ class JobRunner:
                 self._stored(session, job, outcome)
             elif outcome.reason == NO_MODEL:
                 self._no_model(session, job, outcome.message or "no model fits")
+            elif outcome.reason == WORKER_DIED:
+                self._worker_died(session, job, outcome)
             else:
                 transition(session, job, JobState.FAILED, f"[{outcome.reason}] {outcome.message}")
         if isinstance(outcome, WorkResult) and outcome.ok:
@@ -422,6 +427,34 @@ class JobRunner:
             else ""
         )
         enqueue(session, job, _outbox_files(outcome.outputs), reason=summary + note)
+
+    def _worker_died(self, session: Session, job: Job, outcome: WorkResult) -> None:
+        """Queue the job again after its worker died, up to ``worker_died_retries`` times.
+
+        The kernel's OOM killer or a crash in native code ends the process, not the series' hope:
+        another run usually succeeds (the memory pressure was elsewhere, a fresh process is
+        clean). The count lives on the job, so a node restart does not reset it; past the limit
+        the job fails and waits for a person (``dicomnode jobs retry``).
+        """
+        job.worker_deaths = (job.worker_deaths or 0) + 1
+        allowed = self.settings.worker_died_retries
+        if job.worker_deaths > allowed:
+            transition(
+                session,
+                job,
+                JobState.FAILED,
+                f"[{WORKER_DIED}] {outcome.message}; the worker died {job.worker_deaths} time(s) "
+                f"on this job, more than worker_died_retries = {allowed}",
+            )
+            return
+        transition(
+            session,
+            job,
+            JobState.QUEUED,
+            f"[{WORKER_DIED}] {outcome.message}; queued again automatically "
+            f"(retry {job.worker_deaths} of {allowed})",
+        )
+        self._wake.set()
 
     def _no_model(self, session: Session, job: Job, why: str) -> None:
         """No model fits: the rule's ``when_no_model`` decides, never another profile's model."""

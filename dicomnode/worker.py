@@ -185,14 +185,62 @@ def process(request: WorkRequest, cache: EngineCache) -> WorkResult:
         result.outputs = outputs
         result.metadata = enhancement.metadata()
     except PipelineError as exc:
-        result.reason, result.message = exc.reason, str(exc)
+        # the runner stores "[reason] message": the message must not carry the prefix again
+        result.reason, result.message = exc.reason, exc.detail
     except Exception as exc:  # noqa: BLE001 - reported to the parent as the job's failure
         result.reason = "internal-error"
-        result.message = f"{type(exc).__name__}: {exc}"
-        log.error("job %s failed: %s", request.job_id, traceback.format_exc())
+        result.message = f"{type(exc).__name__} at {_where(exc)}; see the node's log"
+        log.error(
+            "job %s failed with %s:\n%s",
+            request.job_id,
+            type(exc).__name__,
+            traceback_without_messages(exc),
+            extra={"job_id": request.job_id, "series_uid": request.series_uid},
+        )
     finally:
         result.seconds = time.perf_counter() - started
     return result
+
+
+CODE_ERRORS = (AttributeError, NameError, ImportError)
+"""Errors whose messages name code (an attribute, a module), never data: kept in the log."""
+
+
+def traceback_without_messages(exc: BaseException) -> str:
+    """Where an unexpected error came from: every frame and exception type, no data messages.
+
+    Library errors quote the value they refused (pydicom: "Unable to convert '31.12.1931' to
+    'DA' object"), and such a value may be patient data; the frames and types say what failed
+    and where, which is what fixing it needs, and they go to the log and the job's record.
+    Only ``CODE_ERRORS`` keep their message ("... has no attribute 'mask'").
+    """
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    lines: list[str] = []
+    for item in reversed(chain):
+        lines.append("Traceback (most recent call last):\n")
+        lines.extend(traceback.format_tb(item.__traceback__))
+        kind = f"{type(item).__module__}.{type(item).__qualname__}"
+        lines.append(f"{kind}: {item}\n" if isinstance(item, CODE_ERRORS) else f"{kind}\n")
+    return "".join(lines)
+
+
+def _where(exc: BaseException) -> str:
+    """The innermost frame of our own code as ``package/file:line (function)``, for the job.
+
+    A library's frame (pydantic's ``main.py``) says little to an operator; the last frame in
+    ``pipeline``, ``models``, ``dicomnode`` or ``db`` says which step failed.
+    """
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "an unknown place"
+    ours = [f for f in frames if "site-packages" not in f.filename] or frames
+    last = ours[-1]
+    path = Path(last.filename)
+    return f"{path.parent.name}/{path.name}:{last.lineno} ({last.name})"
 
 
 @dataclass

@@ -5,13 +5,24 @@ Image Orientation, Pixel Spacing, Slice Thickness and Frame of Reference added s
 ITK/GDCM can treat it as a 3D stack (dciodvfy reports these as warnings, not errors), or derived
 MR Image Storage for PACS that reformat only MR.
 
-Provenance on every instance: ImageType DERIVED\\SECONDARY, a SeriesDescription naming the
-engine and factor, DerivationDescription (engine, version, weights, factor, preprocessing),
+Provenance on every instance: ImageType DERIVED\\SECONDARY, a SeriesDescription that starts
+with the AI label in plain words (``OutputSettings.ai_label``, "AI-enhanced") and names the
+engine and factor, the same label in ImageComments, DerivationDescription and the contribution
+description, DerivationDescription (engine, version, weights, factor, preprocessing),
 DerivationCodeSequence (DCM 113085 "Spatial resampling"), SourceImageSequence (purpose DCM 121322)
 naming the acquired slice each thin slice replaces and its two neighbours (the slices that shape
 it most), ReferencedSeriesSequence listing every source instance, ContributingEquipmentSequence
 with the acquiring scanner and this software (engine name, version and weights hash), and
-patient/study attributes, StudyInstanceUID and FrameOfReferenceUID copied from the source.
+patient/study attributes (one list, ``PATIENT_STUDY``, for both formats), StudyInstanceUID and
+FrameOfReferenceUID copied from the source. A patient or study value that is not valid for its
+VR (a birth date "31.12.1931") is carried unchanged, as the PACS already holds it with the
+original series, and logged as a warning naming the attribute, never its value; it never fails
+the job. Optionally (``burn_in_label``) the label is also burned into a corner of every image,
+for viewers that show no series description (BurnedInAnnotation YES).
+
+Pixel values: unsigned 16 bits as long as the source holds no negative values; a source with
+negative real-world values (PixelRepresentation 1, or a negative RescaleIntercept) gives signed
+16-bit output, so negatives are kept rather than clipped to 0.
 
 Series number rule: source SeriesNumber + ``series_number_offset`` (1000 by default), so series 3
 gives 1003 and the derived series sorts after, and is recognisably tied to, its source; a source
@@ -20,13 +31,17 @@ without SeriesNumber gives the offset itself.
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
 import SimpleITK as sitk
+from pydicom import config as pydicom_config
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
@@ -42,7 +57,7 @@ log = logging.getLogger(__name__)
 
 SOFTWARE_NAME = "dicomnode"
 
-_PATIENT_STUDY = (
+PATIENT_STUDY = (
     "PatientName",
     "PatientID",
     "IssuerOfPatientID",
@@ -62,7 +77,13 @@ _PATIENT_STUDY = (
     "AccessionNumber",
     "ReferringPhysicianName",
     "StudyDescription",
+    "IssuerOfAccessionNumberSequence",
+    "RequestingService",
+    "AdmittingDiagnosesDescription",
 )
+"""Patient and study attributes every derived instance carries from its source, whatever the
+format: without them a PACS that takes study attributes from the latest instance (Orthanc) loses
+StudyDescription from its study list the moment one derived instance arrives."""
 _MR_ACQUISITION = (
     "ScanningSequence",
     "SequenceVariant",
@@ -102,11 +123,12 @@ class Provenance:
         verdict = "; below the review threshold" if self.needs_review else ""
         return f"data consistency {self.consistency_psnr_db:.1f} dB{verdict}"
 
-    def derivation_description(self) -> str:
+    def derivation_description(self, label: str = "") -> str:
+        """What was done, led by the AI label so that it is the first thing a reader sees."""
         thin = self.source_slice_spacing / self.factor
         weights = self.engine.weights_sha256 or "none"
         text = (
-            f"Through-plane super-resolution x{self.factor} "
+            f"{label + ': ' if label else ''}Through-plane super-resolution x{self.factor} "
             f"({self.source_slice_spacing:.3g} mm -> {thin:.3g} mm slice spacing) by engine "
             f"{self.engine.name} {self.engine.version} (weights sha256 {weights}); "
             f"{self.consistency_text()}; preprocessing: {self.preprocessing}; "
@@ -144,10 +166,13 @@ def derive_series(
     output = settings.output
     when = when or _dt.datetime.now()
     source = volume.header
-    array = np.clip(np.rint(sitk.GetArrayViewFromImage(enhanced)), 0, 65535).astype(np.uint16)
+    array = pixel_values(enhanced, signed=source_has_negatives(volume))
     centre, width = window(array)
+    if output.burn_in_label:
+        burn_in_label(array, output.ai_label, centre + width / 2)
     series_uid = derived_series_uid(
         volume.series_instance_uid,
+        (ref.sop_instance_uid for ref in volume.sources),
         provenance.engine,
         settings.digest(),
         output.format,
@@ -159,6 +184,7 @@ def derive_series(
     origin = np.asarray(enhanced.GetOrigin())
     spacing = enhanced.GetSpacing()
     referenced_series = _referenced_series(volume)
+    patient_study = patient_study_attributes(source, volume.series_instance_uid)
     common = _common(source, provenance, settings, when, referenced_series)
     datasets = []
     for z in range(array.shape[0]):
@@ -178,6 +204,8 @@ def derive_series(
             direction,
             spacing,
         )
+        for element in patient_study:
+            ds.add(copy.deepcopy(element))
         _add_plane(ds, source, position, direction, spacing)
         _copy_body_part(ds, source)
         for keyword, value in common.items():
@@ -198,12 +226,115 @@ def derive_series(
 
 
 def _series_description(source: Dataset, provenance: Provenance, output: OutputSettings) -> str:
-    """Source description + what was done; a series needing review says so where readers look."""
+    """AI label + source description + what was done, within the 64 characters of LO.
+
+    The label leads because worklists and study browsers cut long descriptions at the right;
+    the source description is what gets shortened, never the label nor the engine and factor.
+    A series needing review says so at the end, where the review marker has always been.
+    """
+    head = f"{output.ai_label} "
     tag = f" {output.description_suffix} {provenance.engine.name} x{provenance.factor}"
     if provenance.needs_review:
         tag += f" {output.review_marker}"
-    base = str(source.get("SeriesDescription", "") or "")
-    return (base[: max(0, 64 - len(tag))] + tag).strip()[:64]
+    base = str(source.get("SeriesDescription", "") or "").strip()
+    room = max(0, 64 - len(head) - len(tag))
+    return " ".join((head + base[:room].strip() + tag).split())[:64]
+
+
+def _image_comments(source: Dataset, provenance: Provenance, output: OutputSettings) -> str:
+    """The AI label in a sentence: what made the image, from what, and that it was not acquired."""
+    engine = provenance.engine
+    number = source.get("SeriesNumber")
+    series = f"series {number}" if number not in (None, "") else "the source series"
+    review = "; flagged for review (low data consistency)" if provenance.needs_review else ""
+    return (
+        f"{output.ai_label}: computed by the AI model {engine.name} {engine.version} "
+        f"(through-plane super-resolution x{provenance.factor}) from {series}, not acquired "
+        f"by the scanner{review}. Compare with the original series."
+    )
+
+
+def source_has_negatives(volume: SeriesVolume) -> bool:
+    """Whether the source's real-world values go below 0 (signed pixels or a negative intercept)."""
+    return float(sitk.GetArrayViewFromImage(volume.image).min()) < 0
+
+
+def pixel_values(enhanced: sitk.Image, *, signed: bool) -> np.ndarray:
+    """The enhanced volume as stored pixels: int16 for a signed source, else uint16.
+
+    A source without negatives keeps unsigned output, where the engine's small undershoots near
+    edges are clipped to 0 as before; a signed source keeps its negatives.
+    """
+    values = np.rint(sitk.GetArrayViewFromImage(enhanced))
+    if signed:
+        return np.clip(values, -32768, 32767).astype(np.int16)
+    return np.clip(values, 0, 65535).astype(np.uint16)
+
+
+def burn_in_label(array: np.ndarray, text: str, value: float) -> None:
+    """Burn ``text`` into the top-left corner of every slice, in place, at display white.
+
+    For sites whose viewers show no series description. A dark box behind the letters keeps
+    them legible on bright anatomy; the size follows the matrix (about 1/20 of the rows).
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    rows, columns = array.shape[1:]
+    size = max(8, rows // 20)
+    font = ImageFont.load_default(size=size)
+    margin = max(2, size // 3)
+    canvas = Image.new("L", (columns, rows), 0)
+    draw = ImageDraw.Draw(canvas)
+    left, top, right, bottom = draw.textbbox((margin, margin), text, font=font)
+    box = np.zeros((rows, columns), dtype=bool)
+    box[
+        max(0, top - margin // 2) : min(rows, bottom + margin // 2),
+        max(0, left - margin // 2) : min(columns, right + margin // 2),
+    ] = True
+    draw.text((margin, margin), text, fill=255, font=font)
+    letters = np.asarray(canvas) > 127
+    info = np.iinfo(array.dtype)
+    array[:, box & ~letters] = array.min()
+    array[:, letters] = np.clip(value, info.min, info.max)
+
+
+def patient_study_attributes(source: Dataset, series_uid: str) -> list[DataElement]:
+    """The source's ``PATIENT_STUDY`` elements, each carried as received.
+
+    A value that is not valid for its VR stays as it is (the PACS holds the same value with the
+    original series) and is reported with the attribute's keyword only: pydicom's own message
+    quotes the value, which is patient data, so it is never passed on.
+    """
+    carried = []
+    for keyword in PATIENT_STUDY:
+        if keyword not in source:
+            continue
+        element = source[keyword]
+        if _invalid(element):
+            log.warning(
+                "%s of series %s is not a valid %s; carried unchanged",
+                keyword,
+                series_uid,
+                element.VR,
+                extra={"series_uid": series_uid, "attribute": keyword},
+            )
+        carried.append(element)
+    return carried
+
+
+def _invalid(element: DataElement) -> bool:
+    """Whether pydicom's strict validation refuses the value (sequences are not checked)."""
+    if element.VR == "SQ" or element.value is None:
+        return False
+    values: Iterable[object] = (
+        element.value if element.VM > 1 and not isinstance(element.value, str) else [element.value]
+    )
+    try:
+        for value in values:
+            DataElement(element.tag, element.VR, value, validation_mode=pydicom_config.RAISE)
+    except (ValueError, TypeError):
+        return True
+    return False
 
 
 def _common(
@@ -213,10 +344,14 @@ def _common(
     when: _dt.datetime,
     referenced_series: DicomSequence,
 ) -> dict[str, object]:
+    output = settings.output
     derivation_code = hd.sr.CodedConcept.from_code(codes.DCM.SpatialResampling)
-    return {
+    burned = output.burn_in_label or str(source.get("BurnedInAnnotation", "")).upper() == "YES"
+    common: dict[str, object] = {
         "ImageType": ["DERIVED", "SECONDARY", "OTHER"],
-        "DerivationDescription": provenance.derivation_description(),
+        "ImageComments": _image_comments(source, provenance, output),
+        "BurnedInAnnotation": "YES" if burned else "NO",
+        "DerivationDescription": provenance.derivation_description(output.ai_label),
         "DerivationCodeSequence": [derivation_code],
         "ReferencedSeriesSequence": referenced_series,
         "ContributingEquipmentSequence": _contributing_equipment(
@@ -225,6 +360,11 @@ def _common(
         "InstanceCreationDate": when.strftime("%Y%m%d"),
         "InstanceCreationTime": when.strftime("%H%M%S"),
     }
+    # Whether a face could be recognised does not change with through-plane resampling: the
+    # source's answer holds for the output (absent when the scanner did not say).
+    if source.get("RecognizableVisualFeatures") in ("YES", "NO"):
+        common["RecognizableVisualFeatures"] = source.RecognizableVisualFeatures
+    return common
 
 
 def _contributing_equipment(
@@ -248,8 +388,8 @@ def _contributing_equipment(
             institution_name=settings.output.institution_name,
             contribution_datetime=when,
             contribution_description=(
-                f"model {engine.name} version {engine.version} weights sha256 "
-                f"{engine.weights_sha256 or 'none'}; factor {provenance.factor}; "
+                f"{settings.output.ai_label}: model {engine.name} version {engine.version} "
+                f"weights sha256 {engine.weights_sha256 or 'none'}; factor {provenance.factor}; "
                 f"{provenance.consistency_text()}"
             ),
         )
@@ -309,12 +449,21 @@ def _sc_instance(
     direction: np.ndarray,
     spacing: tuple[float, ...],
 ) -> Dataset:
-    return hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=source,
-        pixel_array=pixels,
+    """Secondary Capture by highdicom's constructor; patient and study come from
+    ``PATIENT_STUDY`` afterwards, as for MR.
+
+    highdicom's ``from_ref_dataset`` copies only a subset (no StudyDescription) and validates
+    and logs the patient values it copies, so highdicom is given the StudyInstanceUID only.
+    It takes unsigned arrays only: signed pixels go in as the same bytes read unsigned and
+    PixelRepresentation is set to 1 afterwards (two's complement, PS3.5 8.1.1).
+    """
+    signed = pixels.dtype == np.int16
+    ds = hd.sc.SCImage(
+        pixel_array=pixels.view(np.uint16) if signed else pixels,
         photometric_interpretation="MONOCHROME2",
         bits_allocated=16,
         coordinate_system="PATIENT",
+        study_instance_uid=str(source.StudyInstanceUID),
         series_instance_uid=series_uid,
         series_number=number,
         sop_instance_uid=sop_uid,
@@ -331,7 +480,11 @@ def _sc_instance(
         content_time=when.time().replace(microsecond=0),
         series_date=when.date(),
         series_time=when.time().replace(microsecond=0),
+        specific_character_set=source.get("SpecificCharacterSet", "ISO_IR 100"),
     )
+    if signed:
+        ds.PixelRepresentation = 1
+    return ds
 
 
 def _mr_instance(
@@ -357,9 +510,10 @@ def _mr_instance(
     ds.SpecificCharacterSet = source.get("SpecificCharacterSet", "ISO_IR 100")
     ds.SOPClassUID = MRImageStorage
     ds.SOPInstanceUID = sop_uid
-    for keyword in _PATIENT_STUDY + _MR_ACQUISITION:
+    for keyword in _MR_ACQUISITION:
         if keyword in source:
             setattr(ds, keyword, source[keyword].value)
+    # Type 2 patient/study attributes: empty here, the source's values are added by the caller.
     for keyword in (
         "PatientName",
         "PatientID",
@@ -398,7 +552,7 @@ def _mr_instance(
     ds.BitsAllocated = 16
     ds.BitsStored = 16
     ds.HighBit = 15
-    ds.PixelRepresentation = 0
+    ds.PixelRepresentation = 1 if pixels.dtype == np.int16 else 0
     ds.PixelData = np.ascontiguousarray(pixels).tobytes()
     return ds
 

@@ -19,12 +19,21 @@ class PipelineError(Exception):
         self.instances = tuple(instances)
         super().__init__(self.__str__())
 
-    def __str__(self) -> str:
+    @property
+    def detail(self) -> str:
+        """The message and the instances it names, without the ``[reason]`` prefix.
+
+        For callers that store the reason beside the text (the job runner writes
+        ``[reason] detail``), so that the reason does not appear twice.
+        """
         if not self.instances:
-            return f"[{self.reason}] {self.message}"
+            return self.message
         shown = ", ".join(self.instances[:5])
         more = f" and {len(self.instances) - 5} more" if len(self.instances) > 5 else ""
-        return f"[{self.reason}] {self.message} (instances: {shown}{more})"
+        return f"{self.message} (instances: {shown}{more})"
+
+    def __str__(self) -> str:
+        return f"[{self.reason}] {self.detail}"
 
 
 class VolumeError(PipelineError):

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Shared set-up of the quick-start scripts (demo.sh, test.sh) on a fresh Debian/Ubuntu machine:
 #   bash scripts/setup.sh PIP_TARGET [DEBIAN_PACKAGE:COMMAND ...]
-# installs each Debian package whose command is missing (apt-get; sudo when not root), creates
+# installs each Debian package whose command is missing (apt-get; sudo when not root; COMMAND
+# may be an absolute path to a file the package installs, e.g. an Orthanc plugin), creates
 # .venv with Python 3.11 and installs the pinned CPU torch wheel and PIP_TARGET (e.g. ".[test]").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +12,8 @@ missing=()
 for pair in "$@"; do
   package="${pair%%:*}"; command="${pair#*:}"
   # Orthanc installs to /usr/sbin, which is not on a normal user's PATH
-  command -v "$command" >/dev/null || [ -x "/usr/sbin/$command" ] || missing+=("$package")
+  command -v "$command" >/dev/null || [ -x "/usr/sbin/$command" ] \
+    || { [[ "$command" == /* ]] && [ -e "$command" ]; } || missing+=("$package")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -13,9 +13,10 @@ but the scanner itself:
    every 6 mm, Rician noise) and sent with dcmtk's ``storescu`` as the scanner would;
 4. the series completes (it announces its count), the job runner enhances it (k = 4), delivery
    sends it to Orthanc and the originals are forwarded beside it;
-5. the demo prints where to look, the job with its model and weights hash, the timings of every
-   stage, the data-consistency score, and writes a PNG comparing the low-field input (the files
-   as sent) with the enhanced output (downloaded back from Orthanc: what the PACS holds).
+5. the demo prints where to look (the AI label included: where a radiologist reads that the
+   series was computed, not acquired), the job with its model and weights hash, the timings of
+   every stage, the data-consistency score, and writes a PNG comparing the low-field input (the
+   files as sent) with the enhanced output (downloaded back from Orthanc: what the PACS holds).
 
 The timing helpers (``JobTimeline``) are shared with ``bench/bench_e2e.py``.
 """
@@ -559,6 +560,24 @@ def _outputs_from_pacs(
     return pacs.download(enhanced, folders.from_pacs)
 
 
+def _where_the_ai_label_is(node: Node, pacs: Orthanc | None, job: JobTimeline) -> None:
+    """Say where the plain-words AI label shows, with one instance to open and look at."""
+    from dicomnode.runner import runner_pipeline_settings
+
+    output = runner_pipeline_settings(node.config).output
+    burned = " and burned into the top-left corner of every image" if output.burn_in_label else ""
+    say(
+        f'   AI label "{output.ai_label}": first words of the enhanced series\' '
+        "SeriesDescription (the series list above), and in ImageComments, DerivationDescription "
+        f"and ContributingEquipmentSequence of every instance{burned}"
+    )
+    enhanced = pacs.series().get(job.output_series_uid or "") if pacs is not None else None
+    if pacs is not None and enhanced:
+        say(f"   see one instance's tags: {pacs.instance_url(enhanced['Instances'][0])}")
+    elif job.output_paths:
+        say(f"   see one instance: {job.output_paths[0]}")
+
+
 def _hold(pacs: Orthanc | None) -> None:
     where = f" (PACS: {pacs.explorer_url})" if pacs is not None else ""
     say(f"node and PACS keep running{where}; Ctrl-C stops them")
@@ -636,6 +655,7 @@ def _run(folders: Folders, options: DemoOptions) -> int:
         else:
             _step(6, "no PACS: the preview is made from the node's outputs")
             outputs = job.output_paths
+        _where_the_ai_label_is(node, pacs, job)
         png = _write_png(folders, files, outputs, job)
         say(f"   preview (input top, enhanced bottom): {png}")
         say(f"   data folder (spool, outputs, SQLite database): {folders.data}")

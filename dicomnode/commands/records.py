@@ -73,6 +73,7 @@ def job_row(job: Job) -> dict[str, object]:
         "output_series_uid": job.output_series_uid,
         "worker": job.worker,
         "attempts": job.attempts,
+        "worker_deaths": job.worker_deaths,
         "created_at": job.created_at,
         "updated_at": job.updated_at,
     }

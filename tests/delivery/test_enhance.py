@@ -6,6 +6,9 @@ enhancement takes seconds on a CPU; the path is the one a full-size series takes
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import threading
 from pathlib import Path
@@ -13,7 +16,9 @@ from pathlib import Path
 import pydicom
 import pytest
 import SimpleITK as sitk
+import sqlalchemy as sa
 
+from db.models import Base
 from tests.conftest import free_port, require_tool
 from tests.delivery.orthanc import Orthanc
 from tests.node.helpers import RunningNode, storescu
@@ -96,6 +101,25 @@ def _enhance_job(node: RunningNode, series_uid: str, state: str, timeout: float 
 
 def _uid(files: list[Path]) -> str:
     return str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+
+
+def _log_lines(node: RunningNode, message: str) -> list[dict]:
+    """The node's JSON log lines whose message is ``message``, oldest first."""
+    lines = [json.loads(line) for line in node.log_path.read_text().splitlines() if line[:1] == "{"]
+    return [line for line in lines if line.get("msg") == message]
+
+
+def _database_text(node: RunningNode) -> str:
+    """Every row of every table of the node's database, as text."""
+    engine = sa.create_engine(f"sqlite:///{node.data_dir / 'dicomnode.sqlite3'}")
+    try:
+        with engine.connect() as connection:
+            return "\n".join(
+                repr(connection.execute(sa.select(table)).all())
+                for table in Base.metadata.sorted_tables
+            )
+    finally:
+        engine.dispose()
 
 
 def _models(node: RunningNode, *args: str) -> subprocess.CompletedProcess:
@@ -225,7 +249,9 @@ def test_refused_series_fails_with_its_reason_and_the_next_succeeds(tmp_path, br
         good = _series(brain, tmp_path / "good", seed=67)
         storescu(node.port, good)
         failed = _enhance_job(node, _uid(broken), "failed", timeout=120)
-        assert failed["reason"].startswith("[missing-slices]")
+        assert failed["reason"].startswith("[missing-slices] ")
+        assert "[missing-slices] [missing-slices]" not in failed["reason"]
+        assert _log_lines(node, f"job {failed['id']} -> failed")[0]["level"] == "WARNING"
         _enhance_job(node, _uid(good), "delivered")
         assert node.cli("jobs", "retry", str(failed["id"])).returncode == 0
         _enhance_job(node, _uid(broken), "failed", timeout=120)  # refused again, clearly
@@ -311,6 +337,57 @@ def test_runner_on_postgresql_resumes_and_delivers(tmp_path, brain, orthanc, pos
         job = _enhance_job(node, _uid(files), "delivered")
         show = node.json_lines("jobs", "show", str(job["id"]))[0]
         assert any("parked" in (e["reason"] or "") for e in show["events"])
+        assert orthanc.count() == 64
+    finally:
+        node.stop()
+
+
+def test_invalid_birth_date_is_delivered_and_never_in_the_log_or_database(tmp_path, brain, orthanc):
+    """A scanner's "31.12.1931" (not a DA) neither fails the job nor leaks: the log and the
+    database name the attribute, never the value; the PACS gets the value the original has."""
+    secret = "31.12.1931"
+    node = _node(tmp_path, orthanc, forward_originals=False).start()
+    try:
+        files = _series(brain, tmp_path / "in", seed=77, patient_name="SECRET^BIRTHDAY")
+        for path in files:
+            ds = pydicom.dcmread(path)
+            ds.PatientBirthDate = secret
+            ds.save_as(path)
+        storescu(node.port, files)
+        job = _enhance_job(node, _uid(files), "delivered")
+        out = orthanc.series()[job["output_series_uid"]]
+        ds = pydicom.dcmread(
+            orthanc.download({"Instances": out["Instances"][:1]}, tmp_path / "o")[0]
+        )
+        assert ds.PatientBirthDate == secret and ds.StudyDescription == "BRAIN"
+        log = node.log_path.read_text()
+        assert secret not in log and "SECRET" not in log
+        named = [line for line in log.splitlines() if "PatientBirthDate" in line]
+        assert named and all('"level": "WARNING"' in line for line in named)
+        assert _uid(files) in named[0]
+        database = _database_text(node)
+        assert secret not in database and "SECRET" not in database
+    finally:
+        node.stop()
+
+
+def test_worker_killed_under_a_job_is_retried_automatically(tmp_path, brain, orthanc):
+    """The OOM killer's SIGKILL of a worker costs one attempt, counted on the job, not the job."""
+    runner = RUNNER + "\nworker_died_retries = 1"
+    node = _node(tmp_path, orthanc, runner=runner, forward_originals=False).start()
+    try:
+        files = _series(brain, tmp_path / "in", seed=78)
+        storescu(node.port, files)
+        _enhance_job(node, _uid(files), "processing", timeout=60)
+        worker = _log_lines(node, "worker process started")[-1]["pid"]
+        os.kill(worker, signal.SIGKILL)
+        job = _enhance_job(node, _uid(files), "delivered")
+        show = node.json_lines("jobs", "show", str(job["id"]))[0]
+        assert show["worker_deaths"] == 1
+        reasons = [e["reason"] or "" for e in show["events"]]
+        retried = [r for r in reasons if r.startswith("[worker-died] ")]
+        assert len(retried) == 1 and "queued again automatically (retry 1 of 1)" in retried[0]
+        assert [e["to"] for e in show["events"]].count("processing") == 2
         assert orthanc.count() == 64
     finally:
         node.stop()

@@ -60,6 +60,10 @@ def test_demo_delivers_the_enhanced_series_to_orthanc_and_writes_a_preview(tmp_p
     assert f"{MODEL_NAME}@{released['version']} (k = 4)" in output
     assert released["sha256"] in output
     assert "end to end" in output and "pipeline: engine" in output
+    assert 'AI label "AI-enhanced": first words of the enhanced series' in output
+    assert re.search(
+        r"see one instance's tags: http://127\.0\.0\.1:\d+/app/explorer\.html#instance", output
+    )
 
     png = tmp_path / "demo" / "demo-preview.png"
     assert f"preview (input top, enhanced bottom): {png}" in output
@@ -77,4 +81,5 @@ def test_demo_without_a_pacs_leaves_the_result_in_the_outbox(tmp_path):
     assert result.returncode == 0, output
     assert re.search(r"job \d+: stored", output), output
     assert "120 enhanced instance(s) wait in the node's outbox" in output
+    assert 'AI label "AI-enhanced"' in output and "see one instance: " in output
     assert (tmp_path / "demo" / "demo-preview.png").read_bytes()[:8] == PNG_MAGIC

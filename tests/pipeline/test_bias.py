@@ -1,4 +1,23 @@
-"""pipeline.bias: N4 measurably flattens an applied bias field."""
+"""pipeline.bias: N4 removes a known shading and leaves an unshaded whole head (nearly) alone.
+
+Two kinds of case:
+
+- ``biased``: the small skull-stripped series of the other pipeline tests with a strong linear
+  field (the 0.1 test, kept for the 0.1 settings, which remain selectable; the stiff defaults
+  remove only part of this +-50 % field, see pipeline.bias);
+- ``head``: a whole head WITH scalp (mni152nlin6asym), acquired as in ``bench/bench_n4.py`` but
+  coarser to keep the tests to seconds: 5 mm slices every 6 mm, 1.5 mm pixels (160x160x30),
+  GM/WM 0.84, Rician noise at WM/30 including the background. Figures inside its brain mask:
+  ``neutrality`` = p95 |exp(log_field) - 1| on the unshaded head; ``removed fraction`` =
+  1 - p95|e - mean e| / p95|t - mean t| with t the true log field and e = log_field - t (1 is a
+  perfect estimate, 0 no better than not correcting). Definitions live in bench/bench_n4.py.
+
+Bounds are the measured figures of the defaults with a margin (neutrality 0.054, removed 0.20
+and 0.17 at +-30 %; the 0.1 settings: neutrality 0.157), not issue 13's targets (2 % and 70 %),
+which these settings do not reach: the brain's own smooth white-matter variation (about 5 % p95
+in this template) is already above 2 %, and N4 converges only part of the way on a stiff mesh
+(see pipeline.bias and the bench).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +27,22 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipeline.bias import correct_bias, shrink_factors
+from bench.bench_n4 import make_case, neutrality, removed_fraction, shading
+from models.brains import load_brain
+from pipeline.bias import control_points, correct_bias, shrink_factors
 from pipeline.mask import head_mask
 from pipeline.settings import N4Settings
 from pipeline.volume import read_volume
+
+OLD = N4Settings(
+    control_points=4,
+    iterations=[50, 50, 30, 20],
+    shrink_in_plane=4,
+    mask="head",
+    intensity_percentiles=None,
+)
+"""The 0.1 settings: flexible, on the head mask. They flatten the strong simple field of
+``biased`` but add a +-10-15 % anatomy-shaped field to unshaded whole heads."""
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +82,9 @@ def _check_flattened(result, clean, biased_image, applied):
 
 def test_n4_flattens_an_applied_bias_field(biased):
     clean, image, applied = biased
-    result = correct_bias(image, N4Settings(iterations=[20, 20, 10]))
+    # The 0.1 settings (still selectable: control_points, head mask). The stiff defaults remove
+    # only a quarter of this +-50 % field on a skull-stripped brain (see pipeline.bias).
+    result = correct_bias(image, OLD.model_copy(update={"iterations": [20, 20, 10]}))
     _check_flattened(result, clean, image, applied)
     # The field is centred on the head, so the source's intensity scale is kept.
     mask = sitk.GetArrayViewFromImage(result.mask) > 0
@@ -63,14 +96,58 @@ def test_n4_flattens_an_applied_bias_field(biased):
 
 def test_shrink_is_in_plane_only_for_thick_slices(biased):
     _, image, _ = biased
-    assert shrink_factors(image, N4Settings()) == [4, 4, 1]
+    four = N4Settings(shrink_in_plane=4)
+    assert shrink_factors(image, four) == [4, 4, 1]
     iso = sitk.Image([64, 64, 64], sitk.sitkFloat32)
-    assert shrink_factors(iso, N4Settings()) == [4, 4, 4]
-    assert shrink_factors(image, N4Settings(shrink_through_plane=2)) == [4, 4, 2]
+    assert shrink_factors(iso, four) == [4, 4, 4]
+    assert shrink_factors(image, four.model_copy(update={"shrink_through_plane": 2})) == [4, 4, 2]
+    assert shrink_factors(image, N4Settings()) == [8, 8, 1]
+
+
+def test_mesh_follows_the_physical_extent():
+    """Spans = ceil(extent / distance) per axis, plus the spline order; control_points wins."""
+    image = sitk.Image([64, 64, 30], sitk.sitkFloat32)
+    image.SetSpacing((3.75, 3.75, 6.0))  # 240 x 240 x 180 mm
+    assert control_points(image, N4Settings()) == [5, 5, 4]
+    assert control_points(image, N4Settings(spline_distance_mm=100)) == [6, 6, 5]
+    assert control_points(image, N4Settings(control_points=4)) == [4, 4, 4]
+
+
+@pytest.fixture(scope="module")
+def head():
+    brain = load_brain("mni152nlin6asym")
+
+    def case(kind: str | None, amplitude: float = 0.0):
+        field = None if kind is None else shading(brain, kind, amplitude, seed=3)
+        return make_case(brain, field, pixel_mm=1.5, matrix=160)
+
+    return case
+
+
+def test_unshaded_whole_head_is_left_nearly_alone(head):
+    case = head(None)
+    result = correct_bias(case.image)
+    found = neutrality(result.log_field, case)
+    assert found <= 0.08, found
+    assert found < 0.5 * neutrality(correct_bias(case.image, OLD).log_field, case)
+    # The pipeline normalises over the HEAD mask, so that is what comes back; the fit used less.
+    head_voxels = sitk.GetArrayViewFromImage(result.mask).sum()
+    assert sitk.GetArrayViewFromImage(result.fit_mask).sum() < 0.5 * head_voxels
+    assert head_voxels > case.brain.sum()
+
+
+@pytest.mark.parametrize("kind", ["poly", "blobs"])
+def test_known_smooth_shading_is_partly_removed(head, kind):
+    case = head(kind, 0.3)
+    result = correct_bias(case.image)
+    removed = removed_fraction(result.log_field, case)
+    assert removed >= 0.1, removed  # measured 0.20 (poly), 0.17 (blobs); 0: no correction
+    assert result.corrected.GetSize() == case.image.GetSize()  # full resolution
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ants") is None, reason="ANTsPy not installed")
 def test_antspy_backend_flattens_too(biased):
     clean, image, applied = biased
-    result = correct_bias(image, N4Settings(backend="antspy", iterations=[20, 20, 10]))
+    settings = OLD.model_copy(update={"backend": "antspy", "iterations": [20, 20, 10]})
+    result = correct_bias(image, settings)
     _check_flattened(result, clean, image, applied)
