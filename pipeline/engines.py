@@ -221,3 +221,24 @@ def _iqt_accepts(profile: Profile) -> bool:
 # The trained model outranks the baseline wherever it fits the series (low-field T1 MR); the node
 # itself runs the registry's active version instead (see dicomnode.runner).
 register_engine("iqt-t1", _released_iqt, rank=10, accepts=_iqt_accepts)
+
+
+def _register_released_versions() -> None:
+    """``iqt-t1@VERSION`` for every version shipped with the software, so an older release can
+    still be run by name (``dicomnode enhance --model iqt-t1@0.1.0``, the quality bench). Ranked
+    below ``bspline``: never chosen automatically, so a broken newest release cannot silently
+    fall back to an older model."""
+    from models.release import MODEL_NAME, read_manifest
+
+    versions = {str(e["version"]) for e in read_manifest()["models"].values()}
+    for version in sorted(versions):
+
+        def factory(version: str = version) -> ThroughPlaneEngine:
+            from models.iqt_engine import IQTEngine
+
+            return IQTEngine.from_release(version=version)
+
+        register_engine(f"{MODEL_NAME}@{version}", factory, rank=-1, accepts=_iqt_accepts)
+
+
+_register_released_versions()

@@ -484,8 +484,16 @@ def test_cli_round_trip(cli, plain_k4):
 
     rolled = _lines(cli("rollback", PROFILE, "--factor", "4", "--by", "bob", "--json"))
     assert rolled[0]["id"] == shown["id"] and rolled[0]["activated_by"] == "bob"
+    older = sorted(
+        {e["version"] for e in shipped if e["version"] != NEWEST}, key=version_key, reverse=True
+    )
+    for version in older:  # an upgrade's releases: each rollback walks one release back
+        back = _lines(cli("rollback", PROFILE, "--factor", "4", "--json"))
+        assert back[0]["version"] == version
     nothing = cli("rollback", PROFILE, "--factor", "4")
     assert nothing.exit_code == 1 and "nothing earlier" in _err(nothing)
+    if older:
+        cli("activate", str(shown["id"]), "--by", "bob")
 
     verified = _lines(cli("verify", "--json"))
     assert len(verified) == len(shipped) + 1 and all(r["ok"] for r in verified)

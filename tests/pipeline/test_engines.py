@@ -114,3 +114,16 @@ def test_registry_errors_have_reasons():
     finally:
         unregister_engine("broken")
     assert engines.ENTRY_POINT_GROUP == "dicomnode.engines"
+
+
+def test_every_shipped_release_can_be_run_by_name_but_is_never_chosen() -> None:
+    from models.release import read_manifest
+    from pipeline.engines import available_engines, choose_engine
+
+    versions = {e["version"] for e in read_manifest()["models"].values()}
+    names = available_engines()
+    for version in versions:
+        assert f"iqt-t1@{version}" in names
+        assert names.index(f"iqt-t1@{version}") > names.index("bspline")
+    engine, why = choose_engine(f"iqt-t1@{min(versions)}")
+    assert engine.info.version == min(versions) and "requested" in why
