@@ -2,7 +2,8 @@
 # Shared set-up of the quick-start scripts (demo.sh, test.sh) on a fresh Debian/Ubuntu machine:
 #   bash scripts/setup.sh PIP_TARGET [DEBIAN_PACKAGE:COMMAND ...]
 # installs each Debian package whose command is missing (apt-get; sudo when not root; COMMAND
-# may be an absolute path to a file the package installs, e.g. an Orthanc plugin), creates
+# may be an absolute path, or glob, of a file the package installs, e.g. an Orthanc plugin or
+# /usr/lib/postgresql/*/bin/initdb), creates
 # .venv with Python 3.11 and installs the pinned CPU torch wheel and PIP_TARGET (e.g. ".[test]").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,7 @@ for pair in "$@"; do
   package="${pair%%:*}"; command="${pair#*:}"
   # Orthanc installs to /usr/sbin, which is not on a normal user's PATH
   command -v "$command" >/dev/null || [ -x "/usr/sbin/$command" ] \
-    || { [[ "$command" == /* ]] && [ -e "$command" ]; } || missing+=("$package")
+    || { [[ "$command" == /* ]] && compgen -G "$command" >/dev/null; } || missing+=("$package")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Sets up everything the test suite needs on a fresh Debian/Ubuntu machine and runs every test.
+# PostgreSQL is only installed here: the suite starts its own throw-away cluster from it (initdb
+# in a temporary folder, on a free port) unless DICOMNODE_TEST_POSTGRES names a server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh ".[test]" \
   dcmtk:storescu orthanc:Orthanc dicom3tools:dciodvfy systemd:systemd-analyze \
-  orthanc-dicomweb:/usr/share/orthanc/plugins/libOrthancDicomWeb.so
+  orthanc-dicomweb:/usr/share/orthanc/plugins/libOrthancDicomWeb.so \
+  "postgresql:/usr/lib/postgresql/*/bin/initdb"
 .venv/bin/ruff check .
 .venv/bin/python -m pytest -q "$@"

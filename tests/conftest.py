@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import uuid
@@ -10,10 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-POSTGRES_BASE = os.environ.get(
-    "DICOMNODE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 
 
 def free_port() -> int:
@@ -36,15 +31,15 @@ def brain():
     return load_brain()
 
 
-def _postgres_schema_url() -> Iterator[str]:
+def _postgres_schema_url(base: str) -> Iterator[str]:
     import sqlalchemy as sa
 
     schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(POSTGRES_BASE)
+    admin = sa.create_engine(base)
     with admin.begin() as conn:
         conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
     try:
-        yield f"{POSTGRES_BASE}?options=-csearch_path%3D{schema}"
+        yield f"{base}?options=-csearch_path%3D{schema}"
     finally:
         with admin.begin() as conn:
             conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
@@ -53,17 +48,20 @@ def _postgres_schema_url() -> Iterator[str]:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request, tmp_path: Path) -> Iterator[str]:
-    """Every database test runs on the embedded default and on PostgreSQL."""
+    """Every database test runs on the embedded default and on PostgreSQL (a schema of its own
+    in `postgres_base`: DICOMNODE_TEST_POSTGRES, else the run's throw-away cluster)."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'node.sqlite3'}"
     else:
-        yield from _postgres_schema_url()
+        # asked for here, not as an argument, so a run of SQLite tests starts no cluster
+        yield from _postgres_schema_url(request.getfixturevalue("postgres_base"))
 
 
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
-    yield from _postgres_schema_url()
+def postgres_url(request) -> Iterator[str]:
+    yield from _postgres_schema_url(request.getfixturevalue("postgres_base"))
 
 
 # Fixtures kept in their own modules, registered here so every test folder can ask for them.
 from tests.pki import pki  # noqa: E402,F401
+from tests.postgres import postgres_base  # noqa: E402,F401
