@@ -241,7 +241,7 @@ def score(output: np.ndarray, truth: Truth, region: str, factor: int) -> tuple[S
     output (for the error maps)."""
     mask = truth.regions[region]
     matched, _, _ = metrics.affine_match(output, truth.target, mask)
-    matched_low, _, _ = metrics.affine_match(output, truth.low_field, mask)
+    matched_low = metrics.polynomial_match(output, truth.low_field, mask)
     peak = float(truth.target[mask].max())
     scores = Scores(
         psnr=metrics.psnr_in_mask(matched, truth.target, mask, peak),

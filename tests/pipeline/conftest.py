@@ -63,5 +63,6 @@ def series_cache(brain: sitk.Image) -> Callable[..., list[Dataset]]:
 
 @pytest.fixture(scope="session")
 def fast_settings() -> PipelineSettings:
-    """Defaults except a short N4 (the default schedule is for production, not for tests)."""
-    return PipelineSettings.model_validate({"n4": {"iterations": [15, 10]}})
+    """Defaults except N4 on, with a short schedule: the tests go through the bias stage too,
+    although it is off by default (see ``N4Settings``)."""
+    return PipelineSettings.model_validate({"n4": {"enabled": True, "iterations": [15, 10]}})
