@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python bench/bench_quality.py [--quick] [--model default|bspline|NAME]
 [--n4 on|off|both] [--brains a,b] [--out DIR]`` (the protocol, with exact definitions, is in
-``bench/QUALITY_PROTOCOL.md``). Never part of the test run.
+``models/EVALUATION.md``). Never part of the test run.
 
 Each case takes a brain shipped in a PyPI wheel (``models.brains``) as a whole head in patient
 space, simulates a 0.36 T acquisition of it (``pipeline.sample.simulate_acquisition``: the SNR
@@ -641,7 +641,7 @@ def report(
         "Each metric inside the brain (or its held-out right hemisphere) after one global affine "
         "intensity match; gains are method minus cubic B-spline of the raw input; cubic's own "
         "value in brackets; s = seconds of `enhance_series`. Definitions: "
-        "bench/QUALITY_PROTOCOL.md.",
+        "models/EVALUATION.md.",
         "",
         table(rows),
         "",

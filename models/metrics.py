@@ -100,7 +100,7 @@ def edge_f1(
     return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
 
 
-# --- Whole-pipeline quality benchmark (bench/bench_quality.py, bench/QUALITY_PROTOCOL.md) ---
+# --- Whole-pipeline quality benchmark (bench/bench_quality.py, models/EVALUATION.md) ---
 
 
 def affine_match(
