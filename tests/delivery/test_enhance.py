@@ -186,7 +186,8 @@ def test_enhanced_series_and_original_reach_the_pacs_with_provenance(tmp_path, b
 def test_activation_applies_to_the_next_job_and_rollback_returns(tmp_path, brain, orthanc):
     node = _node(tmp_path, orthanc, forward_originals=False).start()
     try:
-        released = [m for m in node.json_lines("models", "list") if m["factor"] == 4][0]
+        listed = node.json_lines("models", "list")
+        released = [m for m in listed if m["factor"] == 4 and m["state"] == "active"][0]
         _models(node, "import", released["path"], "--version", "0.2.0-site", "--profile", PROFILE)
         first = _series(brain, tmp_path / "a", seed=62)
         storescu(node.port, first)
