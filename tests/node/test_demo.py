@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from dicomnode.pacs import ORTHANC
-from models.release import MODEL_NAME, read_manifest
+from models.release import MODEL_NAME, read_manifest, version_key
 from tests.conftest import free_port, require_tool
 from tests.node.helpers import BIN
 
@@ -39,8 +39,9 @@ def run_demo(workdir: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 def released_k4() -> dict:
-    entries = read_manifest()["models"].values()
-    return next(entry for entry in entries if entry["factor"] == 4)
+    """The newest shipped k = 4 release: what a fresh installation runs."""
+    entries = [e for e in read_manifest()["models"].values() if e["factor"] == 4]
+    return max(entries, key=lambda e: version_key(str(e["version"])))
 
 
 def nothing_listens(port: int) -> bool:
