@@ -1,8 +1,9 @@
 """Pipeline settings as one pydantic model, so the node's TOML can embed it as ``[pipeline]``.
 
 Every knob that changes the pixels of a derived series lives here, because the derived UIDs are
-computed from (source series, engine version, these settings): the same input processed with the
-same settings gets the same UIDs, and a changed setting gets new ones. ``extra="forbid"``
+computed from (source series, the set of its instances used, engine version, these settings): the
+same input processed with the same settings gets the same UIDs, and a changed setting gets new
+ones. ``extra="forbid"``
 everywhere so that a typo in the TOML is an error naming the bad key, not a silent default.
 """
 
