@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from importlib import metadata
 
 import numpy as np
-from scipy.ndimage import spline_filter1d
 
+from models.baseline import cubic_bspline_upsample
 from models.engine import EngineInfo, EngineResult, ThroughPlaneEngine
 from pipeline.errors import EnhanceError
 
@@ -139,10 +139,11 @@ def _load_entry_points() -> None:
 class BSplineEngine:
     """Cubic B-spline interpolation through-plane: the baseline every model is compared with.
 
-    Coefficients are prefiltered along the slice axis (mirror boundaries) so the spline passes
-    through the acquired slices, then evaluated at the output positions of the grid convention
-    in ``models.engine``: output slice ``i*k + j`` lies at slice coordinate
-    ``i + (j - (k-1)/2) / k``. In-plane data is untouched.
+    The one implementation is ``models.baseline.cubic_bspline_upsample``, with mirror boundaries
+    (those of SimpleITK's B-spline interpolator): the spline passes through the acquired slices
+    and is evaluated at the output positions of the grid convention in ``models.engine``
+    (output slice ``i*k + j`` at slice coordinate ``i + (j - (k-1)/2) / k``). In-plane data is
+    untouched.
     """
 
     VERSION = "1.0.0"
@@ -165,41 +166,8 @@ class BSplineEngine:
     ) -> EngineResult:
         if factor not in self.supported_factors:
             raise ValueError(f"factor {factor} not in {self.supported_factors}")
-        volume = np.asarray(volume, dtype=np.float32)
-        n = volume.shape[0]
-        coefficients = spline_filter1d(volume, order=3, axis=0, mode="mirror", output=np.float32)
-        out = np.empty((n * factor,) + volume.shape[1:], dtype=np.float32)
-        offsets = (np.arange(factor) - (factor - 1) / 2) / factor
-        for i in range(n):
-            for j, offset in enumerate(offsets):
-                out[i * factor + j] = _evaluate(coefficients, i + offset)
+        out = cubic_bspline_upsample(np.asarray(volume, dtype=np.float32), factor, "mirror")
         return EngineResult(out, notes={"method": "cubic B-spline, mirror boundary"})
-
-
-def _evaluate(coefficients: np.ndarray, x: float) -> np.ndarray:
-    """The cubic B-spline at slice coordinate ``x`` (a weighted sum of four coefficient slices)."""
-    n = coefficients.shape[0]
-    base = int(np.floor(x))
-    t = x - base
-    weights = (
-        (1 - t) ** 3 / 6,
-        (3 * t**3 - 6 * t**2 + 4) / 6,
-        (-3 * t**3 + 3 * t**2 + 3 * t + 1) / 6,
-        t**3 / 6,
-    )
-    result = np.zeros(coefficients.shape[1:], dtype=np.float32)
-    for m, weight in zip(range(base - 1, base + 3), weights, strict=True):
-        result += np.float32(weight) * coefficients[_mirror(m, n)]
-    return result
-
-
-def _mirror(index: int, n: int) -> int:
-    """scipy's 'mirror' extension: ... 2 1 | 0 1 2 ... n-1 | n-2 ..."""
-    if n == 1:
-        return 0
-    period = 2 * (n - 1)
-    index = abs(index) % period
-    return period - index if index >= n else index
 
 
 register_engine("bspline", BSplineEngine, rank=0)
