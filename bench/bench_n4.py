@@ -200,18 +200,21 @@ def run_once(case: Case, settings: N4Settings) -> tuple[sitk.Image, float]:
     return result.log_field, time.perf_counter() - start
 
 
+RELEASE_01 = N4Settings(
+    control_points=4,
+    iterations=[50, 50, 30, 20],
+    shrink_in_plane=4,
+    mask="head",
+    intensity_percentiles=None,
+)
+"""The settings of release 0.1: flexible, on the head mask."""
+
+
 def candidates() -> dict[str, N4Settings]:
     """The 0.1 settings, the chosen defaults, and one change of the defaults at a time."""
-    old = N4Settings(
-        control_points=4,
-        iterations=[50, 50, 30, 20],
-        shrink_in_plane=4,
-        mask="head",
-        intensity_percentiles=None,
-    )
     new = N4Settings()
     return {
-        "0.1 (4 cp x 4 levels, head)": old,
+        "0.1 (4 cp x 4 levels, head)": RELEASE_01,
         "default (200 mm x 2, inner+win)": new,
         "default, head mask + window": new.model_copy(update={"mask": "head"}),
         "default, inner, no window": new.model_copy(update={"intensity_percentiles": None}),

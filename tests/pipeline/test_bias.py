@@ -27,22 +27,16 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from bench.bench_n4 import make_case, neutrality, removed_fraction, shading
+from bench.bench_n4 import RELEASE_01, make_case, neutrality, removed_fraction, shading
 from models.brains import load_brain
 from pipeline.bias import control_points, correct_bias, shrink_factors
 from pipeline.mask import head_mask
 from pipeline.settings import N4Settings
 from pipeline.volume import read_volume
 
-OLD = N4Settings(
-    control_points=4,
-    iterations=[50, 50, 30, 20],
-    shrink_in_plane=4,
-    mask="head",
-    intensity_percentiles=None,
-)
-"""The 0.1 settings: flexible, on the head mask. They flatten the strong simple field of
-``biased`` but add a +-10-15 % anatomy-shaped field to unshaded whole heads."""
+OLD = RELEASE_01
+"""The 0.1 settings (the bench's): they flatten the strong simple field of ``biased`` but add
+a +-10-15 % anatomy-shaped field to unshaded whole heads."""
 
 
 @pytest.fixture(scope="module")
