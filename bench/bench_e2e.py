@@ -51,7 +51,7 @@ from dicomnode.commands.demo import (  # noqa: E402
 )
 from dicomnode.node import Node  # noqa: E402
 from dicomnode.pacs import Orthanc, find_orthanc, free_port  # noqa: E402
-from dicomnode.runner import cuda_devices  # noqa: E402
+from dicomnode.process.runner import cuda_devices  # noqa: E402
 from pipeline.sample import Acquisition, build_series, load_brain, write_series  # noqa: E402
 
 JOB_TIMEOUT_S = 1800.0

@@ -2,10 +2,11 @@
 Orthanc (fresh storage for each run), same machine, same run; one association, then four.
 
 Rows: ``storescu`` (TCP_NODELAY=1), ``pynetdicom send_c_store`` (a plain pynetdicom sender, the
-40-60/s baseline) and ``dicomnode sender`` (``dicomnode.sender`` over ``dicomnode.scu``: what the
-node uses). The node takes each file's SOP class, instance and transfer syntax from its outbox
-rows, so our sender's item list is read from the files before the clock starts; storescu and the
-plain pynetdicom sender read their files inside the timing, as they must.
+40-60/s baseline) and ``dicomnode sender`` (``dicomnode.deliver.sender`` over
+``dicomnode.net.scu``: what the node uses). The node takes each file's SOP class, instance and
+transfer syntax from its outbox rows, so our sender's item list is read from the files before
+the clock starts; storescu and the plain pynetdicom sender read their files inside the timing,
+as they must.
 
     .venv/bin/python bench/bench_send.py [--series 8] [--rows 256] [--repeat 2]
 """
@@ -29,7 +30,7 @@ from pynetdicom import AE  # noqa: E402
 
 from bench.common import write_bench_series  # noqa: E402
 from dicomnode.config import Destination  # noqa: E402
-from dicomnode.sender import FAILURE, Item, Sender  # noqa: E402
+from dicomnode.deliver.sender import FAILURE, Item, Sender  # noqa: E402
 from tests.delivery.helpers import items_of  # noqa: E402
 from tests.delivery.orthanc import Orthanc  # noqa: E402
 

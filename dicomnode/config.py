@@ -178,7 +178,7 @@ class Rule(_Strict):
     @field_validator("match")
     @classmethod
     def _valid_patterns(cls, value: dict[str, MatchValue]) -> dict[str, MatchValue]:
-        from dicomnode.routing import validate_pattern
+        from dicomnode.receive.routing import validate_pattern
 
         for key, pattern in value.items():
             for item in pattern if isinstance(pattern, list) else [pattern]:

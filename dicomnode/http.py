@@ -19,8 +19,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import func, select
 
 from db.models import Delivery, Instance, Job, Series, SeriesState
-from dicomnode.delivery import DELIVERY_SECONDS
-from dicomnode.runner import PROCESSING_SECONDS
+from dicomnode.deliver.delivery import DELIVERY_SECONDS
+from dicomnode.process.runner import PROCESSING_SECONDS
 
 if TYPE_CHECKING:
     from dicomnode.node import Node

@@ -1,18 +1,21 @@
-"""Job creation and state transitions; every transition is a ``job_events`` row.
+"""The job record shared by every stage: creation, the legal state transitions, events.
 
-The runner (and a restart) trusts these rows alone, so nothing here changes a job's state
-without writing its event in the same transaction.
+Every transition is a ``job_events`` row: the runner (and a restart) trusts these rows alone,
+so nothing here changes a job's state without writing its event in the same transaction.
+Intake creates jobs, processing and delivery move them on; all three import this module and
+none imports another for it, which keeps the stages' import direction one way
+(docs/architecture.md).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import Job, JobEvent, JobState, Series, utcnow
-from dicomnode.routing import RoutingDecision
 
 log = logging.getLogger("dicomnode.jobs")
 
@@ -21,7 +24,48 @@ class JobError(Exception):
     """A request about a job that cannot be honoured (unknown id, wrong state)."""
 
 
+@dataclass(frozen=True)
+class RoutingDecision:
+    """What the first matching rule decided for a series: the recipe of its job(s).
+
+    Lives here, not beside the rules, because a job is made from it and every stage reads jobs.
+    """
+
+    rule: str | None
+    action: str | None
+    destinations: tuple[str, ...] = ()
+    profile: str | None = None
+    forward_originals: bool = False
+
+    @property
+    def ignored(self) -> bool:
+        return self.rule is None
+
+
+#: Every legal move of a job, in one place. A move not listed is a bug in the caller, and
+#: ``transition`` refuses it rather than write a history that the runner's recovery and the
+#: operators' ``jobs`` commands would misread. QUEUED -> QUEUED re-queues a job as a
+#: ``forward`` when no model fits; FAILED -> STORED / QUEUED is ``dicomnode jobs retry``;
+#: PROCESSING -> QUEUED is recovery after a crash, a parked job at shutdown, or a worker death.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    JobState.RECEIVED: frozenset({JobState.COMPLETE, JobState.CANCELLED}),
+    JobState.COMPLETE: frozenset({JobState.QUEUED, JobState.CANCELLED}),
+    JobState.QUEUED: frozenset(
+        {JobState.QUEUED, JobState.PROCESSING, JobState.STORED, JobState.FAILED, JobState.CANCELLED}
+    ),
+    JobState.PROCESSING: frozenset(
+        {JobState.QUEUED, JobState.STORED, JobState.FAILED, JobState.CANCELLED}
+    ),
+    JobState.STORED: frozenset({JobState.DELIVERED, JobState.FAILED, JobState.CANCELLED}),
+    JobState.FAILED: frozenset({JobState.STORED, JobState.QUEUED, JobState.CANCELLED}),
+    JobState.DELIVERED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+}
+
+
 def transition(session: Session, job: Job, to_state: str, reason: str | None = None) -> None:
+    if to_state not in TRANSITIONS.get(job.state, frozenset()):
+        raise JobError(f"job {job.id}: {job.state} -> {to_state} is not a legal transition")
     event = JobEvent(job_id=job.id, from_state=job.state, to_state=to_state, reason=reason)
     session.add(event)
     job.state = to_state

@@ -16,17 +16,17 @@ from sqlalchemy import select, text
 from db.migrate import upgrade
 from db.models import Instance
 from db.session import Database
-from dicomnode.assembly import SeriesAssembler
 from dicomnode.config import Config
-from dicomnode.delivery import DeliveryService
+from dicomnode.deliver.delivery import DeliveryService
 from dicomnode.http import HealthServer
-from dicomnode.intake import Intake, Received
-from dicomnode.receivers import ReceiverPool
-from dicomnode.registry import RegistryError, sync_released
+from dicomnode.net.scp import StoreSCP
+from dicomnode.process.registry import RegistryError, sync_released
+from dicomnode.process.runner import OUTPUTS_SUBDIR, JobRunner
+from dicomnode.receive.assembly import SeriesAssembler
+from dicomnode.receive.intake import Intake, Received
+from dicomnode.receive.receivers import ReceiverPool
+from dicomnode.receive.spool import SpoolLayout, clean_tmp, free_bytes
 from dicomnode.retention import purge
-from dicomnode.runner import OUTPUTS_SUBDIR, JobRunner
-from dicomnode.scp import StoreSCP
-from dicomnode.spool import SpoolLayout, clean_tmp, free_bytes
 
 log = logging.getLogger("dicomnode.node")
 

@@ -187,7 +187,7 @@ def _iqt_accepts(profile: Profile) -> bool:
 
 
 # The trained model outranks the baseline wherever it fits the series (low-field T1 MR); the node
-# itself runs the registry's active version instead (see dicomnode.runner).
+# itself runs the registry's active version instead (see dicomnode.process.runner).
 register_engine("iqt-t1", _released_iqt, rank=10, accepts=_iqt_accepts)
 
 

@@ -437,7 +437,7 @@ def _start_pacs(folders: Folders) -> Orthanc | None:
 
 
 def _active_model(node: Node) -> str:
-    from dicomnode import registry
+    from dicomnode.process import registry
 
     with node.database.session() as session:
         rows = registry.active_models(session, PROFILE)
@@ -562,7 +562,7 @@ def _outputs_from_pacs(
 
 def _where_the_ai_label_is(node: Node, pacs: Orthanc | None, job: JobTimeline) -> None:
     """Say where the plain-words AI label shows, with one instance to open and look at."""
-    from dicomnode.runner import runner_pipeline_settings
+    from dicomnode.process.runner import runner_pipeline_settings
 
     output = runner_pipeline_settings(node.config).output
     burned = " and burned into the top-left corner of every image" if output.burn_in_label else ""
@@ -643,7 +643,7 @@ def _run(folders: Folders, options: DemoOptions) -> int:
         say("   no PACS (--no-pacs): the enhanced series will stay in the node's outbox")
     if pacs is None:  # every retry would log the refused connection; the report says it once
         logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
-        logging.getLogger("dicomnode.delivery").setLevel(logging.ERROR)
+        logging.getLogger("dicomnode.deliver.delivery").setLevel(logging.ERROR)
     node: Node | None = None
     try:
         node = _start_node(folders, options, pacs)

@@ -56,7 +56,7 @@ def _open(config_file: Path | None) -> tuple[Config, Database]:
     """
     from db.migrate import upgrade
     from dicomnode.node import open_database
-    from dicomnode.registry import RegistryError, sync_released
+    from dicomnode.process.registry import RegistryError, sync_released
 
     config = load_or_exit(config_file)
     database = open_database(config)
@@ -104,7 +104,7 @@ def list_models(
     profile: Annotated[str | None, typer.Option(help="Only this profile.")] = None,
 ) -> None:
     """List registered model versions (removed ones are shown as 'removed')."""
-    from dicomnode.registry import as_dict
+    from dicomnode.process.registry import as_dict
 
     _, database = _open(config)
     with database.session() as session:
@@ -150,7 +150,7 @@ def import_command(
     as_json: JsonOption = False,
 ) -> None:
     """Copy a weights file into the node's data folder and register it (not active yet)."""
-    from dicomnode.registry import RegistryError, as_dict, import_model
+    from dicomnode.process.registry import RegistryError, as_dict, import_model
 
     cfg, database = _open(config)
     try:
@@ -196,7 +196,7 @@ def show(
     as_json: JsonOption = False,
 ) -> None:
     """Everything about a version: card, metrics, settings and activation history."""
-    from dicomnode.registry import RegistryError, as_dict, resolve
+    from dicomnode.process.registry import RegistryError, as_dict, resolve
 
     _, database = _open(config)
     try:
@@ -248,7 +248,14 @@ def activate_command(
     as_json: JsonOption = False,
 ) -> None:
     """Make a version the one new jobs of its profile and factor use (no restart needed)."""
-    from dicomnode.registry import RegistryError, activate, active_model, as_dict, label, resolve
+    from dicomnode.process.registry import (
+        RegistryError,
+        activate,
+        active_model,
+        as_dict,
+        label,
+        resolve,
+    )
 
     who = _by(by)
     _, database = _open(config)
@@ -302,7 +309,7 @@ def rollback_command(
     as_json: JsonOption = False,
 ) -> None:
     """Return a profile to the versions active before the current ones."""
-    from dicomnode.registry import RegistryError, active_models, as_dict, label, rollback
+    from dicomnode.process.registry import RegistryError, active_models, as_dict, label, rollback
 
     who = _by(by)
     _, database = _open(config)
@@ -341,7 +348,7 @@ def rollback_command(
 @app.command("verify")
 def verify_command(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Re-hash every registered file; exit status 1 when any is missing or altered."""
-    from dicomnode.registry import as_dict, verify
+    from dicomnode.process.registry import as_dict, verify
 
     _, database = _open(config)
     with database.session() as session:
@@ -373,7 +380,7 @@ def remove_command(
     A version with history (activations, jobs) stays listed as 'removed' so the audit trail
     keeps its name and sha256; its file is deleted either way.
     """
-    from dicomnode.registry import REMOVED, RegistryError, label, remove, resolve
+    from dicomnode.process.registry import REMOVED, RegistryError, label, remove, resolve
 
     _, database = _open(config)
     try:

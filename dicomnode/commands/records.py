@@ -228,7 +228,7 @@ def jobs_retry(
     config: ConfigOption = None,
 ) -> None:
     """Re-arm a failed job: its undelivered instances are sent again at once (by the node)."""
-    from dicomnode.delivery import retry
+    from dicomnode.deliver.delivery import retry
 
     database = _database(config)
     try:
@@ -249,7 +249,7 @@ def jobs_release(
     """Deliver an enhanced series held back for review (consistency below the threshold)."""
     import getpass
 
-    from dicomnode.runner import release
+    from dicomnode.process.runner import release
 
     database = _database(config)
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pydicom
 
-from dicomnode.sender import Item
+from dicomnode.deliver.sender import Item
 from tests.node.helpers import RunningNode
 
 LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UC", b"UR", b"UT", b"UN"}

@@ -15,7 +15,7 @@ import pydicom
 import pytest
 
 from dicomnode.config import Destination, TLSSettings
-from dicomnode.sender import FAILURE, SUCCESS, AssociationFailed, Result, Sender
+from dicomnode.deliver.sender import FAILURE, SUCCESS, AssociationFailed, Result, Sender
 from tests.conftest import free_port, require_tool
 from tests.delivery.helpers import items_of
 from tests.node.helpers import RunningNode
@@ -112,8 +112,8 @@ def test_refused_stored_syntax_is_sent_as_explicit_le_with_identical_pixels(
 
 def test_files_streamed_from_disk_arrive_byte_identical(tmp_path, brain, storescp, monkeypatch):
     """Files above the whole-read size go to the socket in chunks of PDUs read from disk."""
-    monkeypatch.setattr("dicomnode.scu.WHOLE_READ_BYTES", 0)
-    monkeypatch.setattr("dicomnode.scu.READ_CHUNK_PDUS", 1)
+    monkeypatch.setattr("dicomnode.net.scu.WHOLE_READ_BYTES", 0)
+    monkeypatch.setattr("dicomnode.net.scu.READ_CHUNK_PDUS", 1)
     files = write_lowfield_series(brain, tmp_path / "s", seed=65, rows=128)[:2]
     scp = storescp("--max-pdu", "4096")  # 32 KiB of pixels in 4 KiB PDUs, one per read
 

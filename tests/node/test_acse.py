@@ -19,9 +19,9 @@ from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 from pynetdicom.presentation import PresentationContext
 
-from dicomnode import acse
-from dicomnode.scp import supported_contexts
-from dicomnode.ul import ProtocolError
+from dicomnode.net import acse
+from dicomnode.net.scp import supported_contexts
+from dicomnode.net.ul import ProtocolError
 
 UNKNOWN_CLASS = "1.2.3.4.5.6.7"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dicomnode.config import ConfigError, parse_config
-from dicomnode.routing import route
+from dicomnode.receive.routing import route
 from tests.node.helpers import BIN
 
 GOOD = """
@@ -147,7 +147,7 @@ def test_runner_and_pipeline_problems_are_named_by_key():
         assert key in text, text
     assert "rules.0.when_no_model" in text
     config = parse_config({"runner": {"output_format": "mr", "consistency_threshold_db": 22}})
-    from dicomnode.runner import runner_pipeline_settings
+    from dicomnode.process.runner import runner_pipeline_settings
 
     settings = runner_pipeline_settings(config)
     assert settings.output.format == "mr" and settings.output.review_below_db == 22

@@ -16,11 +16,11 @@ from sqlalchemy import func, select
 from db.migrate import head_revision, upgrade
 from db.models import Instance, Job, JobEvent, Series, SeriesEvent
 from db.session import Database
-from dicomnode.assembly import SeriesAssembler
 from dicomnode.config import parse_config
-from dicomnode.intake import SUCCESS, Intake, Received
+from dicomnode.receive.assembly import SeriesAssembler
+from dicomnode.receive.intake import SUCCESS, Intake, Received
+from dicomnode.receive.spool import SpoolLayout
 from dicomnode.retention import purge
-from dicomnode.spool import SpoolLayout
 from pipeline.sample import Acquisition, build_series
 
 RULES = parse_config(
@@ -175,7 +175,8 @@ def test_retention_removes_the_outputs_of_finished_jobs(stack, tmp_path):
     _send(intake, assembler, _small(8))
     with database.session() as session:
         job = session.scalars(select(Job)).one()
-        transition(session, job, "delivered", "test: delivered")
+        for state in ("processing", "stored", "delivered"):
+            transition(session, job, state, f"test: {state}")
         job_id = job.id
     outputs = tmp_path / "outputs"
     written = outputs / f"job-{job_id}" / "1.2.3.dcm"

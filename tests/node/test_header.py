@@ -16,7 +16,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from dicomnode.header import UnreadableInstance, read_header
+from dicomnode.receive.header import UnreadableInstance, read_header
 
 
 def _mr(**extra: object) -> Dataset:

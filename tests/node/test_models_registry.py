@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 from db.migrate import upgrade
 from db.models import Job, JobState, ModelActivation, ModelState, ModelVersion, Series
 from db.session import Database
-from dicomnode import registry
 from dicomnode.commands.models import app as models_app
-from dicomnode.registry import RegistryError
+from dicomnode.process import registry
+from dicomnode.process.registry import RegistryError
 from models.release import (
     FIRST_VERSION,
     MODEL_NAME,

@@ -18,7 +18,7 @@ ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 def _receiver_pids(node: RunningNode) -> list[int]:
     out = subprocess.run(
-        ["pgrep", "-P", str(node.process.pid), "-f", "dicomnode.receivers"],
+        ["pgrep", "-P", str(node.process.pid), "-f", "dicomnode.receive.receivers"],
         capture_output=True,
         text=True,
     ).stdout

@@ -18,11 +18,11 @@ from sqlalchemy import select
 from db.migrate import upgrade
 from db.models import Job, JobEvent, JobState, Series
 from db.session import Database
-from dicomnode import delivery
 from dicomnode.config import parse_config
+from dicomnode.deliver import delivery
 from dicomnode.jobs import transition
-from dicomnode.runner import JobRunner, WorkerSlot
-from dicomnode.worker import EngineCache, ModelSpec, WorkRequest, WorkResult, process
+from dicomnode.process.runner import JobRunner, WorkerSlot
+from dicomnode.process.worker import EngineCache, ModelSpec, WorkRequest, WorkResult, process
 from pipeline.sample import Acquisition, build_series, write_series
 from pipeline.settings import PipelineSettings
 
@@ -177,3 +177,26 @@ def test_unexpected_error_reaches_job_and_log_without_its_value(
     assert SECRET_BIRTH_DATE not in caplog.text
     logged = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert logged and "read_volume" in logged[0].getMessage()  # where it failed is kept
+
+
+def test_an_illegal_job_transition_is_refused_and_writes_nothing(runner):
+    """The legal moves live in one table (dicomnode.jobs.TRANSITIONS); a delivered or cancelled
+    job never moves again, and a queued job cannot skip processing and its outbox."""
+    from dicomnode.jobs import TRANSITIONS, JobError
+
+    database = runner[0].database
+    job_id = _processing_job(database)
+    with database.session() as session:
+        job = session.get(Job, job_id)
+        with pytest.raises(JobError, match="processing -> received is not a legal transition"):
+            transition(session, job, JobState.RECEIVED, "backwards")
+        transition(session, job, JobState.CANCELLED, "by test")
+        with pytest.raises(JobError, match="cancelled -> queued"):
+            transition(session, job, JobState.QUEUED, "again")
+    job, events = _job(database, job_id)
+    assert job.state == JobState.CANCELLED
+    assert [e.to_state for e in events] == [JobState.PROCESSING, JobState.CANCELLED]
+    assert JobState.DELIVERED not in TRANSITIONS[JobState.QUEUED]
+    assert not TRANSITIONS[JobState.DELIVERED] and not TRANSITIONS[JobState.CANCELLED]
+    states = {v for k, v in vars(JobState).items() if k.isupper() and isinstance(v, str)}
+    assert set(TRANSITIONS) == states

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dicomnode.spool import OutOfSpace, SpoolLayout, check_floor, store_new
+from dicomnode.receive.spool import OutOfSpace, SpoolLayout, check_floor, store_new
 
 
 def test_store_new_keeps_the_first_copy_and_leaves_no_partial_files(tmp_path: Path):

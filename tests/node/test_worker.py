@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from dicomnode.worker import EngineCache, ModelSpec, _with_oom_fallback
+from dicomnode.process.worker import EngineCache, ModelSpec, _with_oom_fallback
 from models.infer import TileSettings
 from pipeline.errors import EnhanceError
 

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Job, JobState, ModelActivation, ModelState, ModelVersion, utcnow
 
-log = logging.getLogger("dicomnode.registry")
+log = logging.getLogger("dicomnode.process.registry")
 
 MODELS_SUBDIR = "models"
 

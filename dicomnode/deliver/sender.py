@@ -10,7 +10,7 @@ Why a plain pynetdicom sender managed only 40-60 instances/s into DCMTK-based re
 algorithm held the tail of each dataset until the peer's delayed ACK (up to 40 ms), and the
 association's reactor and DUL threads handed every message over through queues polled with
 1 ms sleeps. With those tuned it still reached only 0.41x storescu, so the wire work now runs in
-``dicomnode.scu``: one blocking socket, no threads: 0.79-0.85x storescu over one association,
+``dicomnode.net.scu``: one blocking socket, no threads: 0.79-0.85x storescu over one association,
 1.14-1.20x over four (``bench/bench_send.py``).
 """
 
@@ -29,9 +29,9 @@ from pynetdicom.dsutils import encode
 from pynetdicom.presentation import build_context
 
 from dicomnode.config import Destination, TLSSettings
-from dicomnode.scu import AssociationError, DatasetSource, StoreAssociation
+from dicomnode.net.scu import AssociationError, DatasetSource, StoreAssociation
 
-log = logging.getLogger("dicomnode.sender")
+log = logging.getLogger("dicomnode.deliver.sender")
 
 MAX_CONTEXTS = 128
 

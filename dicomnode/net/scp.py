@@ -52,12 +52,12 @@ from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RJ, A_RELEASE_RP
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification
 
-from dicomnode import acse, ul
-from dicomnode.assembly import SeriesAssembler
 from dicomnode.config import Config, TLSSettings
-from dicomnode.intake import CANNOT_UNDERSTAND, SUCCESS, Intake, Received
+from dicomnode.net import acse, ul
+from dicomnode.receive.assembly import SeriesAssembler
+from dicomnode.receive.intake import CANNOT_UNDERSTAND, SUCCESS, Intake, Received
 
-log = logging.getLogger("dicomnode.scp")
+log = logging.getLogger("dicomnode.net.scp")
 
 ACCEPTED_TRANSFER_SYNTAXES = [
     ExplicitVRLittleEndian,

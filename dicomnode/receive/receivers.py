@@ -7,7 +7,7 @@ everything else (migrations, spool recovery, jobs, delivery, HTTP); each child r
 ``StoreSCP`` with its own database connections. Series completion is decided in the database,
 so it does not matter which process received which instance.
 
-    python -m dicomnode.receivers --fd N --index I --max-associations M --ready-fd R
+    python -m dicomnode.receive.receivers --fd N --index I --max-associations M --ready-fd R
         (started by ``ReceiverPool``, the configuration arrives as JSON on stdin)
 """
 
@@ -27,7 +27,7 @@ import time
 
 from dicomnode.config import Config
 
-log = logging.getLogger("dicomnode.receivers")
+log = logging.getLogger("dicomnode.receive.receivers")
 
 READY_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 20.0  # a child's own stop takes at most ~15 s (scp.STOP_JOIN_SECONDS + 5)
@@ -67,7 +67,7 @@ class ReceiverPool:
         return int(self._socket.getsockname()[1])
 
     def start(self) -> None:
-        from dicomnode.scp import listening_socket
+        from dicomnode.net.scp import listening_socket
 
         node = self.config.node
         self._stopping.clear()
@@ -101,7 +101,7 @@ class ReceiverPool:
                     [
                         sys.executable,
                         "-m",
-                        "dicomnode.receivers",
+                        "dicomnode.receive.receivers",
                         "--fd",
                         str(fd),
                         "--index",
@@ -210,7 +210,7 @@ def _die_with_parent(parent: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m dicomnode.receivers")
+    parser = argparse.ArgumentParser(prog="python -m dicomnode.receive.receivers")
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--max-associations", type=int, required=True)
@@ -221,10 +221,10 @@ def main(argv: list[str] | None = None) -> None:
 
     from db.session import Database
     from dicomnode import logs
-    from dicomnode.assembly import SeriesAssembler
-    from dicomnode.intake import Intake
-    from dicomnode.scp import StoreSCP
-    from dicomnode.spool import SpoolLayout
+    from dicomnode.net.scp import StoreSCP
+    from dicomnode.receive.assembly import SeriesAssembler
+    from dicomnode.receive.intake import Intake
+    from dicomnode.receive.spool import SpoolLayout
 
     config = Config.model_validate_json(sys.stdin.buffer.read())
     node = config.node

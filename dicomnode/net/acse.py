@@ -14,7 +14,7 @@ import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from dicomnode.ul import ProtocolError
+from dicomnode.net.ul import ProtocolError
 
 APPLICATION_CONTEXT_NAME = "1.2.840.10008.3.1.1.1"
 PROTOCOL_VERSION = 0x0001

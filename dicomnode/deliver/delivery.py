@@ -38,8 +38,7 @@ from sqlalchemy.orm import Session
 from db.models import Delivery, DeliveryState, Instance, Job, JobState, utcnow
 from db.session import Database
 from dicomnode.config import Config, DeliverySettings, Destination
-from dicomnode.jobs import JobError, transition
-from dicomnode.sender import (
+from dicomnode.deliver.sender import (
     FAILURE,
     WARNING,
     AssociationFailed,
@@ -48,8 +47,9 @@ from dicomnode.sender import (
     Sender,
     batch_fitting_contexts,
 )
+from dicomnode.jobs import JobError, transition
 
-log = logging.getLogger("dicomnode.delivery")
+log = logging.getLogger("dicomnode.deliver.delivery")
 
 DELIVERY_SECONDS = Histogram(
     "dicomnode_delivery_seconds",

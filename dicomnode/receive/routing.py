@@ -18,9 +18,10 @@ from __future__ import annotations
 import operator
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
+
+from dicomnode.jobs import RoutingDecision
 
 CALLING_AE_KEY = "CallingAETitle"
 _COMPARISON = re.compile(r"^\s*(<=|>=|==|!=|<|>)\s*([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)\s*$")
@@ -91,19 +92,6 @@ def _as_float(text: str) -> float | None:
         return float(text)
     except (TypeError, ValueError):
         return None
-
-
-@dataclass(frozen=True)
-class RoutingDecision:
-    rule: str | None
-    action: str | None
-    destinations: tuple[str, ...] = ()
-    profile: str | None = None
-    forward_originals: bool = False
-
-    @property
-    def ignored(self) -> bool:
-        return self.rule is None
 
 
 class RuleLike:

@@ -1,7 +1,7 @@
 """The job runner: queued ``enhance`` jobs -> worker processes -> derived series in the outbox.
 
 One worker slot per visible GPU (one job at a time each) plus a bounded CPU pool; each slot owns
-a worker process (``dicomnode.worker``) that keeps its models loaded between jobs. A slot's
+a worker process (``dicomnode.process.worker``) that keeps its models loaded between jobs. A slot's
 thread claims the oldest queued job, resolves the active model of the job's profile from the
 registry *at claim time* (so ``dicomnode models activate`` applies to the next job without a
 restart, and never to one already running), sends the work to its process and waits at most
@@ -33,11 +33,11 @@ from sqlalchemy.orm import Session
 
 from db.models import Instance, Job, JobState, ModelVersion
 from db.session import Database
-from dicomnode import registry
 from dicomnode.config import Config
-from dicomnode.delivery import OutboxFile, enqueue, fail_unknown_destinations
+from dicomnode.deliver.delivery import OutboxFile, enqueue, fail_unknown_destinations
 from dicomnode.jobs import JobError, transition
-from dicomnode.worker import (
+from dicomnode.process import registry
+from dicomnode.process.worker import (
     NO_MODEL,
     ModelSpec,
     OutputFile,
@@ -47,7 +47,7 @@ from dicomnode.worker import (
 )
 from pipeline.settings import PipelineSettings
 
-log = logging.getLogger("dicomnode.runner")
+log = logging.getLogger("dicomnode.process.runner")
 
 PROCESSING_SECONDS = Histogram(
     "dicomnode_processing_seconds",

@@ -7,7 +7,7 @@ primitives. Tuned as far as it goes (TCP_NODELAY, a paused reactor, a 0.1 ms DUL
 association and 1.14-1.20x over four (``bench/bench_send.py``).
 
 pynetdicom still does everything that has rules to get wrong: the A-ASSOCIATE-RQ/AC/RJ,
-A-RELEASE and A-ABORT PDUs and presentation contexts. Written by hand (``dicomnode.ul``) are
+A-RELEASE and A-ABORT PDUs and presentation contexts. Written by hand (``dicomnode.net.ul``) are
 only the encodings on the hot path, all fixed by the standard: the C-STORE-RQ command set
 (PS3.7 9.3.1.1, implicit VR little endian), the few fields read from the response, and
 P-DATA-TF framing (PS3.8 9.3.5), so that the dataset goes from the spooled file to the socket
@@ -41,7 +41,7 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext
 
-from dicomnode import ul
+from dicomnode.net import ul
 
 OUR_MAXIMUM_PDU = 65536  # responses are a few hundred bytes; this only bounds what we accept
 UNLIMITED_PDU_FRAGMENT = 1 << 20  # when the peer sets no limit, still send bounded PDUs

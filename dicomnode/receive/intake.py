@@ -20,9 +20,9 @@ from sqlalchemy.orm import Session
 from db.models import Instance, QuarantinedObject, Series, SeriesState, utcnow
 from db.prepared import PreparedStatement
 from db.session import Database
-from dicomnode.assembly import ENHANCED_MULTIFRAME_CLASSES, reopen
-from dicomnode.header import InstanceHeader, UnreadableInstance, read_header
-from dicomnode.spool import (
+from dicomnode.receive.assembly import ENHANCED_MULTIFRAME_CLASSES, reopen
+from dicomnode.receive.header import InstanceHeader, UnreadableInstance, read_header
+from dicomnode.receive.spool import (
     OutOfSpace,
     SpoolLayout,
     check_floor,
@@ -30,7 +30,7 @@ from dicomnode.spool import (
     write_durably,
 )
 
-log = logging.getLogger("dicomnode.intake")
+log = logging.getLogger("dicomnode.receive.intake")
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700

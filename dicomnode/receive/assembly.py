@@ -27,16 +27,15 @@ from sqlalchemy.orm import Session
 
 from db.models import Instance, Series, SeriesEvent, SeriesState, utcnow
 from db.session import Database
-from dicomnode.jobs import queue_job
-from dicomnode.routing import (
-    RoutingDecision,
+from dicomnode.jobs import RoutingDecision, queue_job
+from dicomnode.receive.routing import (
     RuleLike,
     attributes_for_routing,
     route,
     rule_keys,
 )
 
-log = logging.getLogger("dicomnode.assembly")
+log = logging.getLogger("dicomnode.receive.assembly")
 
 ENHANCED_MULTIFRAME_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR Image Storage

@@ -2,7 +2,7 @@
 
 Each worker is a separate process (``multiprocessing`` spawn) so that the node can enforce a
 per-job timeout by killing it, and so that a crash in native code (CUDA, ITK) or the kernel's
-OOM killer takes down one job, never the node. The parent (``dicomnode.runner``) sends a
+OOM killer takes down one job, never the node. The parent (``dicomnode.process.runner``) sends a
 ``WorkRequest`` through a pipe and receives a ``WorkResult``; nothing here touches the database.
 
 On a CUDA out-of-memory error the worker retries the same job with tiles of half the voxels
@@ -23,7 +23,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("dicomnode.worker")
+log = logging.getLogger("dicomnode.process.worker")
 
 NO_MODEL = "no-model"
 """``WorkResult.reason`` when no active model fits the series: the rule's ``when_no_model``."""
@@ -315,7 +315,7 @@ def write_outputs(datasets: list, folder: Path) -> list[OutputFile]:
     """
     from io import BytesIO
 
-    from dicomnode.spool import write_durably
+    from dicomnode.receive.spool import write_durably
 
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / ".tmp"
