@@ -81,8 +81,17 @@ class NodeSettings(_Strict):
     http_address: str = "127.0.0.1"
     min_free_mb: float = Field(default=1024.0, ge=0)
     max_pdu_size: int = Field(default=0, ge=0)
+    # Deadline for each whole PDU (not each read): a sender that drips bytes loses its slot.
     network_timeout_seconds: float = Field(default=60.0, gt=0)
+    # Deadline from TCP connect to a complete A-ASSOCIATE-RQ.
+    association_request_timeout_seconds: float = Field(default=10.0, gt=0)
     max_associations: int = Field(default=16, ge=1)
+    # Connections not yet associated (TCP accepted, A-ASSOCIATE-RQ pending), across the node.
+    max_pending_connections: int = Field(default=32, ge=1)
+    # Largest C-STORE dataset (and largest inflated deflate dataset) kept; a larger one is
+    # refused with 0xA700 before its bytes are held. Bounds memory at about
+    # max_associations x max_dataset_mb in the worst case.
+    max_dataset_mb: float = Field(default=512.0, gt=0)
     # 0: one per CPU core, at most AUTO_RECEIVER_PROCESSES (see listener_processes)
     receiver_processes: int = Field(default=0, ge=0, le=64)
     log_format: Literal["json", "text"] = "json"
