@@ -196,9 +196,11 @@ def _antspy_log_field(image: sitk.Image, mask: sitk.Image, settings: N4Settings)
             direction=np.asarray(img.GetDirection()).reshape(3, 3),
         )
 
-    # A list means mesh size per axis, a float a spline distance in mm (ANTsPy's convention).
+    # A list is ANTs' mesh size per axis, which counts spline spans; ITK's control points are
+    # spans + spline order, so 4 control points (cubic) are one span. Passing the control points
+    # as the mesh gave a 4x finer, overfitting field. A float is a spline distance in mm.
     spline: list[int] | float = (
-        [settings.control_points] * 3
+        [max(1, settings.control_points - settings.spline_order)] * 3
         if settings.control_points is not None
         else float(settings.spline_distance_mm)
     )

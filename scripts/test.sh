@@ -4,7 +4,7 @@
 # in a temporary folder, on a free port) unless DICOMNODE_TEST_POSTGRES names a server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh ".[test]" \
+bash scripts/setup.sh ".[test,ants]" \
   dcmtk:storescu orthanc:Orthanc dicom3tools:dciodvfy systemd:systemd-analyze \
   orthanc-dicomweb:/usr/share/orthanc/plugins/libOrthancDicomWeb.so \
   "postgresql:/usr/lib/postgresql/*/bin/initdb"
