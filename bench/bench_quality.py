@@ -353,6 +353,8 @@ def run_case(
             raise RuntimeError(f"{case.key}: methods chose different grids")
         output = sitk.GetArrayFromImage(derived)[truth.crop]
         label = f"{result.engine.name} {result.engine.version}, N4 {'on' if method.n4 else 'off'}"
+        if _WEIGHT_OVERRIDE is not None:
+            label += f", consistency weight {_WEIGHT_OVERRIDE:g}"
         for region in regions:
             scores, matched = score(output, truth, region, result.factor)
             rows.append(
@@ -618,6 +620,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help=f"{QUICK_BRAIN}, axial k=4 and k=8, mean SNR, no shading and +-20 %%",
     )
+    parser.add_argument(
+        "--consistency-weight",
+        type=float,
+        default=None,
+        help="override the contrast-matched back-projection weight each weights file records "
+        "(models/trust.py), to tune it on training brains before a release",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="folder for quality.md, quality.json, PNGs")
     args = parser.parse_args(argv)
@@ -682,8 +691,30 @@ def write_files(
     (out / "quality.json").write_text(json.dumps(data, indent=1, default=float))
 
 
+_WEIGHT_OVERRIDE: float | None = None
+
+
+def override_consistency_weight(weight: float) -> None:
+    """Every weights file loaded from now on runs with ``weight`` instead of its recorded one."""
+    global _WEIGHT_OVERRIDE
+    import models.release as release
+
+    recorded = release.load_weights
+    if _WEIGHT_OVERRIDE is None:
+
+        def load_with_weight(path: Path, expected_sha256: str | None):  # type: ignore[no-untyped-def]
+            network = recorded(path, expected_sha256)
+            network.consistency_weight = _WEIGHT_OVERRIDE
+            return network
+
+        release.load_weights = load_with_weight
+    _WEIGHT_OVERRIDE = weight
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.consistency_weight is not None:
+        override_consistency_weight(args.consistency_weight)
     command = shlex.join(
         [".venv/bin/python", "bench/bench_quality.py", *(sys.argv[1:] if argv is None else argv)]
     )

@@ -29,7 +29,7 @@ from models.release import (
     load_released,
     released_factors,
 )
-from models.trust import back_project, consistency_psnr
+from models.trust import back_project, consistency_psnr, contrast_matched_back_projection
 
 
 class IQTEngine:
@@ -164,8 +164,13 @@ class IQTEngine:
         x = v / scale
         tiles = self.tiles[factor]
         pred = predict_volume(network, x, tiles=tiles, device=self.device, threads=self.threads)
+        # A release's tuned structure correction travels with its weights file, like its input
+        # scale; the engine-wide flag is plain back-projection (kept for older manifests).
+        weight = float(getattr(network, "consistency_weight", 0.0))
         if self.consistency_correction:
             pred = back_project(pred, x, factor, slice_thickness_ratio)
+        elif weight > 0.0:
+            pred = contrast_matched_back_projection(pred, x, factor, slice_thickness_ratio, weight)
         np.maximum(pred, 0.0, out=pred)
         score = consistency_psnr(pred, x, factor, slice_thickness_ratio)
         notes: dict[str, object] = {
@@ -175,6 +180,7 @@ class IQTEngine:
             "weights_file": self.file_names[factor],
             "weights_file_sha256": self.file_hashes.get(factor),
             "consistency_correction": self.consistency_correction,
+            "consistency_weight": weight,
             "tile": [tiles.slices, tiles.rows, tiles.cols],
         }
         if abs(slice_thickness_ratio - 1.0) > 0.05:

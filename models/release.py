@@ -96,7 +96,7 @@ def released_entry(
     return max(entries, key=lambda item: version_key(str(item[1]["version"])))
 
 
-def save_weights(model: AnisoUNet, path: Path, metadata: dict[str, str]) -> str:
+def save_weights(model: AnisoUNet, path: Path, metadata: dict[str, object]) -> str:
     """Write the state dict as safetensors; returns the file's sha256."""
     from safetensors.torch import save_file
 
@@ -139,6 +139,8 @@ def load_weights(path: Path, expected_sha256: str | None) -> AnisoUNet:
     # The scale the network's inputs were divided by in training travels with its weights, so
     # an imported or registry-loaded file can never run with the wrong normalisation.
     model.input_normalisation = str(info.get("input_normalisation", DEFAULT_NORMALISATION))
+    # Likewise the weight of the contrast-matched back-projection tuned for this file (0: off).
+    model.consistency_weight = float(info.get("consistency_weight", 0.0))
     return model.eval()
 
 
@@ -161,9 +163,16 @@ def release_run(
     tile: dict[str, int] | None = None,
     consistency_correction: bool = False,
     version: str = VERSION,
+    consistency_weight: float = 0.0,
+    continues: str | None = None,
 ) -> Path:
     """Turn a training run (``model.pt``) into a released file + card; ``earlier_stages`` are
-    the runs it was fine-tuned from, whose time and steps count towards the total."""
+    the runs it was fine-tuned from, whose time and steps count towards the total.
+
+    ``continues`` names the released version the run started from (``--init-from``): that
+    release's stages, time and steps (from the manifest, its run folders being long gone) are
+    counted first, so the card's CPU-hours are the model's whole history.
+    """
     import torch
 
     from models.aniso_unet import AnisoUNet, UNetConfig, count_parameters
@@ -181,15 +190,22 @@ def release_run(
     path = out_dir / file_name(factor, version)
     history = ck["history"]
     normalisation = cfg["data"].get("normalisation", DEFAULT_NORMALISATION)
-    sha = save_weights(
-        model,
-        path,
-        {"name": MODEL_NAME, "version": version, "input_normalisation": normalisation},
-    )
+    metadata: dict[str, object] = {
+        "name": MODEL_NAME,
+        "version": version,
+        "input_normalisation": normalisation,
+    }
+    if consistency_weight:
+        # In the file, not only the manifest: the weight was tuned for these weights.
+        metadata["consistency_weight"] = consistency_weight
+    sha = save_weights(model, path, metadata)
     from models.profile import load_profile
 
     profile = load_profile(cfg["data"]["profile"])
     manifest = read_manifest(out_dir)
+    inherited: dict = {"stages": [], "training_seconds": 0, "steps": 0}
+    if continues is not None:
+        inherited = manifest["models"][file_name(factor, continues)]
     manifest["models"][path.name] = {
         "factor": factor,
         "version": version,
@@ -199,11 +215,15 @@ def release_run(
         "config": cfg,
         "parameters": count_parameters(model),
         "training_seconds": round(
-            sum(float(h.get("seconds", 0.0)) for h, _ in stages) + float(history.get("seconds", 0))
+            float(inherited["training_seconds"])
+            + sum(float(h.get("seconds", 0.0)) for h, _ in stages)
+            + float(history.get("seconds", 0))
         ),
-        "steps": sum(int(h.get("steps_done", len(h["loss"]))) for h, _ in stages)
+        "steps": int(inherited["steps"])
+        + sum(int(h.get("steps_done", len(h["loss"]))) for h, _ in stages)
         + int(history.get("steps_done", len(history["loss"]))),
-        "stages": [
+        "stages": list(inherited["stages"])
+        + [
             {
                 "steps": int(h.get("steps_done", len(h["loss"]))),
                 "seconds": round(float(h.get("seconds", 0.0))),
@@ -219,6 +239,7 @@ def release_run(
     if tile:
         manifest["models"][path.name]["tile"] = tile
     manifest["models"][path.name]["consistency_correction"] = consistency_correction
+    manifest["models"][path.name]["consistency_weight"] = consistency_weight
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     card = model_card(
         manifest["models"][path.name],
@@ -276,6 +297,15 @@ def _data_lines(cfg: dict) -> str:
     return "\n".join(lines)
 
 
+def _back_projection(entry: dict) -> str:
+    if entry.get("consistency_correction"):
+        return "plain, on"
+    weight = float(entry.get("consistency_weight", 0.0))
+    if weight:
+        return f"contrast-matched, weight {weight:g} (models/trust.py; recorded in the file)"
+    return "off"
+
+
 def model_card(entry: dict, path: Path, history: dict, hardware: str, extra: str) -> str:
     from models.profile import load_profile
 
@@ -324,7 +354,7 @@ Through-plane super-resolution and low-to-high-field contrast transfer for T1-we
 | total steps | {entry["steps"]} |
 | stages | {stages} |
 | inference tile | {entry.get("tile", "default (models.infer.TileSettings)")} |
-| back-projection | {"on" if entry.get("consistency_correction") else "off"} |
+| back-projection | {_back_projection(entry)} |
 | training time | {entry["training_seconds"] / 60:.0f} min wall clock, {cpu_hours:.1f} CPU-hours |
 | hardware | {hw} |
 | seed | {t["seed"]} |
@@ -362,6 +392,13 @@ def main() -> None:
         help="release with the data-consistency correction on (only if it helped held-out)",
     )
     parser.add_argument(
+        "--consistency-weight",
+        type=float,
+        default=0.0,
+        help="contrast-matched back-projection weight, tuned on training brains "
+        "(bench/bench_quality.py --consistency-weight)",
+    )
+    parser.add_argument(
         "--tile",
         default="",
         help='inference tile as JSON, e.g. \'{"slices": 16, "rows": 64, "cols": 64}\'',
@@ -373,6 +410,12 @@ def main() -> None:
         default=[],
         help="run dir of an earlier stage this run was fine-tuned from",
     )
+    parser.add_argument(
+        "--continues",
+        default=None,
+        help="released version the run was initialised from (--init-from); its history counts",
+    )
+    parser.add_argument("--version", default=VERSION, help="version to release as")
     args = parser.parse_args()
     extra = args.card_extra.read_text() if args.card_extra else ""
     tile = json.loads(args.tile) if args.tile else None
@@ -384,6 +427,9 @@ def main() -> None:
         args.earlier,
         tile,
         args.back_projection,
+        args.version,
+        consistency_weight=args.consistency_weight,
+        continues=args.continues,
     )
     print(path, sha256_file(path))
 
