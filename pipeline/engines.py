@@ -6,6 +6,12 @@ the node uses the highest-ranked engine that accepts the series profile and load
 trained IQT model once ``models`` registers it, and ``bspline`` (rank 0) otherwise. Another module
 registers an engine either by calling ``register_engine`` at import time or, without being
 imported by us, through the ``dicomnode.engines`` entry-point group (``name = "module:factory"``).
+
+An engine that runs weights files may also register a loader (``from_weights``): ``load_engine``
+builds it from given files, one per factor, each checked against its sha256 before it is loaded.
+That is how the node's worker runs the model registry's versions (``iqt-t1`` under each
+version's own name), while ``get_engine`` / ``choose_engine`` serve ``dicomnode enhance`` and
+the benches: one registry picks and builds every engine.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 
@@ -33,11 +40,29 @@ MagneticFieldStrength, slice_spacing, pixel_spacing (see ``pipeline.run.series_p
 
 
 @dataclass(frozen=True)
+class WeightsFile:
+    """One weights file for one factor, as a model registry row names it."""
+
+    path: Path
+    sha256: str | None = None
+    """Checked before the file is loaded (``None``: not checked)."""
+    tile: Mapping[str, object] | None = None
+    """Tiled-inference settings the file was evaluated with (``models.infer.TileSettings``
+    fields); ``None``: the engine's default."""
+
+
+WeightsLoader = Callable[..., ThroughPlaneEngine]
+"""``loader(weights: Mapping[int, WeightsFile], /, **options)``: an engine running those files
+(``options`` may include ``name``: the name the engine reports)."""
+
+
+@dataclass(frozen=True)
 class Registration:
     name: str
     factory: EngineFactory
     rank: int = 0
     accepts: Callable[[Profile], bool] | None = None
+    from_weights: WeightsLoader | None = None
 
 
 _lock = threading.Lock()
@@ -52,18 +77,20 @@ def register_engine(
     *,
     rank: int = 0,
     accepts: Callable[[Profile], bool] | None = None,
+    from_weights: WeightsLoader | None = None,
     replace: bool = False,
 ) -> None:
     """Make ``factory`` available as engine ``name``.
 
     ``rank`` orders engines for automatic choice (higher first); ``accepts`` says whether the
-    engine fits a series profile (``None``: any). Registering a taken name is an error unless
-    ``replace`` is set, so two modules cannot silently shadow each other.
+    engine fits a series profile (``None``: any); ``from_weights`` builds the engine from given
+    weights files (``load_engine``). Registering a taken name is an error unless ``replace`` is
+    set, so two modules cannot silently shadow each other.
     """
     with _lock:
         if name in _registry and not replace:
             raise ValueError(f"engine {name!r} is already registered")
-        _registry[name] = Registration(name, factory, rank, accepts)
+        _registry[name] = Registration(name, factory, rank, accepts, from_weights)
         _instances.pop(name, None)
 
 
@@ -100,6 +127,35 @@ def get_engine(name: str) -> ThroughPlaneEngine:
     with _lock:
         _instances[name] = engine
     return engine
+
+
+def load_engine(
+    engine: str, weights: Mapping[int, WeightsFile], /, **options: object
+) -> ThroughPlaneEngine:
+    """A new engine of the registered kind ``engine`` running ``weights`` (one file per factor),
+    each file's sha256 checked before it is loaded.
+
+    ``options`` go to the engine's loader (for ``iqt-t1``: the ``name`` and ``version`` to
+    report, ``consistency_correction``, ``device``, ``threads``). The engine is not kept here:
+    the caller keeps it (the worker, per file and device). Errors of the loader (a file whose
+    hash does not match, one that is not the network) reach the caller unchanged.
+    """
+    _load_entry_points()
+    with _lock:
+        registration = _registry.get(engine)
+    if registration is None:
+        raise EnhanceError(
+            "unknown-engine",
+            f"no engine named {engine!r}; available: {', '.join(available_engines())}",
+        )
+    if registration.from_weights is None:
+        raise EnhanceError("engine-invalid", f"engine {engine!r} does not run weights files")
+    if not weights:
+        raise ValueError(f"engine {engine!r} needs at least one weights file")
+    built = registration.from_weights(weights, **options)
+    if not isinstance(built, ThroughPlaneEngine):
+        raise EnhanceError("engine-invalid", f"engine {engine!r} does not implement the contract")
+    return built
 
 
 def choose_engine(
@@ -186,9 +242,28 @@ def _iqt_accepts(profile: Profile) -> bool:
     return accepts_profile(profile)
 
 
+def _iqt_from_weights(
+    weights: Mapping[int, WeightsFile], /, **options: object
+) -> ThroughPlaneEngine:
+    """``IQTEngine`` over the given ANISO U-Net files (``models.release.load_weights`` checks
+    each sha256 first); each factor runs with its file's tile, else the default tile."""
+    from models.infer import TileSettings
+    from models.iqt_engine import IQTEngine
+    from models.release import load_weights
+
+    networks = {k: load_weights(Path(w.path), w.sha256) for k, w in weights.items()}
+    tiles = {k: TileSettings(**w.tile) for k, w in weights.items() if w.tile}  # type: ignore[arg-type]
+    options.setdefault("tiles", tiles)
+    hashes = {k: w.sha256 for k, w in weights.items() if w.sha256}
+    return IQTEngine(networks, file_hashes=hashes, **options)  # type: ignore[arg-type]
+
+
 # The trained model outranks the baseline wherever it fits the series (low-field T1 MR); the node
-# itself runs the registry's active version instead (see dicomnode.process.runner).
-register_engine("iqt-t1", _released_iqt, rank=10, accepts=_iqt_accepts)
+# itself runs the registry's active version instead (see dicomnode.process.runner), built with
+# ``load_engine("iqt-t1", ...)`` from that version's files.
+register_engine(
+    "iqt-t1", _released_iqt, rank=10, accepts=_iqt_accepts, from_weights=_iqt_from_weights
+)
 
 
 def _register_released_versions() -> None:
@@ -206,7 +281,13 @@ def _register_released_versions() -> None:
 
             return IQTEngine.from_release(version=version)
 
-        register_engine(f"{MODEL_NAME}@{version}", factory, rank=-1, accepts=_iqt_accepts)
+        register_engine(
+            f"{MODEL_NAME}@{version}",
+            factory,
+            rank=-1,
+            accepts=_iqt_accepts,
+            from_weights=_iqt_from_weights,
+        )
 
 
 _register_released_versions()

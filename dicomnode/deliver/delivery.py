@@ -9,7 +9,12 @@ delays its own rows, never the others nor intake.
 A row is ``sent`` on a success or warning status (the warning is kept in ``last_error``); any
 other outcome counts an attempt and schedules the next after an exponential backoff
 (``[delivery] initial_backoff_seconds`` doubling up to ``max_backoff_seconds``); after
-``max_attempts`` the row is ``failed``. When no row of a job is pending any more the job becomes
+``max_attempts`` the row is ``failed``. When an association is lost mid-batch (the destination
+aborts, stalls past the DIMSE timeout or closes on one instance), only that instance counts the
+attempt: the rows behind it were never sent, so they are due again at once with their count
+unchanged, and an instance a destination cannot take never walks the innocent rows of its batch
+towards ``max_attempts``. When no association can be established at all, every due row of the
+destination counts the attempt. When no row of a job is pending any more the job becomes
 ``delivered`` (all sent) or ``failed`` with the reason; ``dicomnode jobs retry ID`` re-arms it.
 
 Results are committed in small groups (at most ``FLUSH_EVERY`` instances or ``FLUSH_SECONDS``)
@@ -40,6 +45,7 @@ from db.session import Database
 from dicomnode.config import Config, DeliverySettings, Destination
 from dicomnode.deliver.sender import (
     FAILURE,
+    UNSENT,
     WARNING,
     AssociationFailed,
     Item,
@@ -281,6 +287,7 @@ class DestinationWorker:
         self.last_error: str | None = None
         self.heartbeat = time.monotonic()
         self._pending: list[Result] = []
+        self._unsent = 0
         self._last_flush = time.monotonic()
 
     @property
@@ -334,6 +341,7 @@ class DestinationWorker:
             return False
         items = batch_fitting_contexts(items)
         started = time.monotonic()
+        self._unsent = 0
         try:
             self.sender.send(items, self._on_result, self.stop_event.is_set)
         except AssociationFailed as exc:
@@ -341,6 +349,12 @@ class DestinationWorker:
             return False
         finally:
             self._flush()
+        if self._unsent:
+            log.warning(
+                "association lost mid-batch; the rest of the batch is due again without an "
+                "attempt counted",
+                extra={"destination": self.name, "instances": self._unsent},
+            )
         log.info(
             "batch sent",
             extra={
@@ -352,6 +366,8 @@ class DestinationWorker:
         return True
 
     def _on_result(self, result: Result) -> None:
+        if result.outcome == UNSENT:
+            self._unsent += 1
         self._pending.append(result)
         if (
             len(self._pending) >= FLUSH_EVERY
@@ -370,6 +386,9 @@ class DestinationWorker:
             for result in results:
                 row = session.get(Delivery, result.key)
                 if row is None or row.state != DeliveryState.PENDING:
+                    continue
+                if result.outcome == UNSENT:  # never on the wire: no attempt, due again now
+                    row.next_attempt_at = now
                     continue
                 jobs.add(row.job_id)
                 row.attempts += 1

@@ -38,6 +38,9 @@ MAX_CONTEXTS = 128
 SUCCESS = "success"
 WARNING = "warning"
 FAILURE = "failure"
+UNSENT = "unsent"
+"""Not tried: the association was lost at an earlier instance of the batch (aborted, timed out,
+closed), which alone counts the failed attempt; the outbox sends this one again without one."""
 # C-STORE warning statuses (PS3.4 B.2.3): coercion, elements discarded, not validated
 WARNING_STATUSES = {0x0001, 0xB000, 0xB006, 0xB007}
 
@@ -56,7 +59,7 @@ class Item:
 @dataclass(frozen=True)
 class Result:
     key: object
-    outcome: str  # success | warning | failure
+    outcome: str  # success | warning | failure | unsent
     status: int | None
     error: str | None = None
     converted: bool = False
@@ -145,8 +148,10 @@ class Sender:
         """Send ``items`` over one association, reporting each result as it comes.
 
         Stops between instances when ``should_stop()`` turns true (the rest stay unreported).
-        Raises ``AssociationFailed`` when no association could be established. Returns how many
-        items were reported.
+        When the association is lost on one instance (the peer aborts, stalls past the DIMSE
+        timeout, closes), that instance is the ``FAILURE`` and every later one is ``UNSENT``:
+        it was never put on the wire. Raises ``AssociationFailed`` when no association could be
+        established. Returns how many items were reported.
         """
         if not items:
             return 0
@@ -172,7 +177,7 @@ class Sender:
                 if should_stop():
                     break
                 if not assoc.is_established:
-                    on_result(Result(item.key, FAILURE, None, "association lost"))
+                    on_result(Result(item.key, UNSENT, None, "association lost"))
                     reported += 1
                     continue
                 message_id = (message_id % 65535) + 1

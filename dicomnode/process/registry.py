@@ -20,9 +20,7 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.models import Job, JobState, ModelActivation, ModelState, ModelVersion, utcnow
+from dicomnode import durable
 
 log = logging.getLogger("dicomnode.process.registry")
 
@@ -77,52 +76,16 @@ def weights_file_name(name: str, factor: int) -> str:
     return f"{name}-k{factor}.safetensors"
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _ensure_dir(directory: Path) -> None:
-    """Create ``directory`` and its missing parents, fsyncing each new entry's parent so that a
-    power cut cannot lose a folder whose file a committed row points at."""
-    missing = []
-    current = directory
-    while not current.exists():
-        missing.append(current)
-        current = current.parent
-    for folder in reversed(missing):
-        folder.mkdir(exist_ok=True)
-        _fsync_dir(folder.parent)
-
-
 def _durable_write(target: Path, chunks: Iterable[bytes]) -> str:
     """Write ``chunks`` to ``target`` atomically and durably; returns the sha256 of the bytes.
 
-    Temporary file in the same folder, flush + fsync, chmod 0644 (weights are read by the node's
-    worker processes, whatever user runs the CLI), rename over the target, fsync the folder: a
+    ``dicomnode.durable``: a temporary file in the target's folder (created with its parents if
+    missing), synced, mode 0644 whatever the umask (weights are read by the node's worker
+    processes, whatever user runs the CLI), renamed over the target, the folder fsynced: a
     reader sees either the old file or the complete new one, never a torn one.
     """
-    _ensure_dir(target.parent)
     digest = hashlib.sha256()
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for chunk in chunks:
-                digest.update(chunk)
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        tmp.chmod(0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    _fsync_dir(target.parent)
+    durable.write(target, chunks, permissions=0o644, digest=digest)
     return digest.hexdigest()
 
 
@@ -833,4 +796,4 @@ def _delete_files(path: Path) -> None:
             break
         folder = folder.parent
     with contextlib.suppress(OSError):
-        _fsync_dir(folder)
+        durable.fsync_dir(folder)

@@ -33,6 +33,10 @@ NO_MODEL_REASONS = frozenset({"no-factor", "unsupported-factor", "already-thin"}
 
 OOM_TILE_RETRIES = 2
 
+REGISTRY_ENGINE = "iqt-t1"
+"""The engine every model registry version runs as: ``registry.import_model`` accepts only files
+that load as its network, and each version reports its own name and version."""
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -93,22 +97,19 @@ class EngineCache:
         self._engines: dict[tuple[int, str, str], object] = {}
 
     def get(self, spec: ModelSpec, device: str | None = None) -> Any:
-        from models.infer import TileSettings
-        from models.iqt_engine import IQTEngine
-        from models.release import load_weights
+        from pipeline.engines import WeightsFile, load_engine
 
         device = device or self.device
         key = (spec.id, spec.sha256, device)
         if key not in self._engines:
             started = time.perf_counter()
-            network = load_weights(Path(spec.path), spec.sha256)
-            self._engines[key] = IQTEngine(
-                {spec.factor: network},
-                version=spec.version,
+            # built by the pipeline's engine registry, which checks the file's sha256; the tile
+            # and correction are those the version was evaluated with (its registry settings)
+            self._engines[key] = load_engine(
+                REGISTRY_ENGINE,
+                {spec.factor: WeightsFile(Path(spec.path), spec.sha256, spec.tile)},
                 name=spec.name,
-                file_hashes={spec.factor: spec.sha256},
-                # the tile and correction the version was evaluated with (its registry settings)
-                tiles=TileSettings(**spec.tile) if spec.tile else None,
+                version=spec.version,
                 consistency_correction=spec.consistency_correction,
                 device=device,
                 threads=self.threads,
@@ -315,17 +316,16 @@ def write_outputs(datasets: list, folder: Path) -> list[OutputFile]:
     """
     from io import BytesIO
 
-    from dicomnode.receive.spool import write_durably
+    from dicomnode import durable
 
-    folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / ".tmp"
-    tmp.mkdir(exist_ok=True)
+    durable.make_dirs(tmp)  # the job's folder too, its name synced in outputs/
     outputs = []
     for ds in datasets:
         buffer = BytesIO()
         ds.save_as(buffer, enforce_file_format=True)
         target = folder / f"{ds.SOPInstanceUID}.dcm"
-        write_durably(target, buffer.getvalue(), tmp)
+        durable.write(target, buffer.getbuffer(), tmp_dir=tmp)
         outputs.append(
             OutputFile(
                 str(target),

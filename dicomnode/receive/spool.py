@@ -1,5 +1,6 @@
 """Durable storage of received instances: temp file, fdatasync, link (or rename) into the spool,
-fsync of the directory.
+fsync of the directory (the steps are ``dicomnode.durable``'s; the spool adds the free-space
+floor and publication by hard link, which never overwrites).
 
 Only after all four steps may the node answer Success, so that an acknowledged instance survives
 a crash or a power cut. The free-space floor is checked first, because a nearly full disk also
@@ -15,6 +16,8 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from dicomnode import durable
 
 _DIGITS_AND_DOTS = re.compile(r"[0-9]+(\.[0-9]+)*")
 
@@ -57,13 +60,9 @@ def check_floor(path: Path, incoming: int, min_free_bytes: int) -> None:
 
 def write_durably(target: Path, data: bytes, tmp_dir: Path) -> None:
     """Write ``data`` to ``target`` so that it is either absent or complete after any crash."""
-    tmp = write_synced_temp(data, tmp_dir)
     try:
-        new_dir = _ensure_parent(target)
-        os.replace(tmp, target)
-        _sync_name(target, new_dir)
+        durable.write(target, data, tmp_dir=tmp_dir)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise OutOfSpace(f"disk full while writing {target.name}") from exc
         raise
@@ -85,7 +84,7 @@ def publish(tmp: Path, target: Path) -> bool:
     always removed; one left by a crash is swept at the next start.
     """
     try:
-        new_dir = _ensure_parent(target)
+        durable.make_dirs(target.parent)
         try:
             os.link(tmp, target)
         except FileExistsError:
@@ -96,7 +95,7 @@ def publish(tmp: Path, target: Path) -> bool:
             if target.exists():  # a filesystem without hard links: test, then rename
                 return False
             os.replace(tmp, target)
-        _sync_name(target, new_dir)
+        durable.fsync_dir(target.parent)
         return True
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -108,52 +107,18 @@ def publish(tmp: Path, target: Path) -> bool:
 
 def write_synced_temp(data: bytes, tmp_dir: Path) -> Path:
     """``data`` in a new file under ``tmp_dir``, on disk (fdatasync) when this returns."""
-    tmp = tmp_dir / f"{uuid.uuid4().hex}.part"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fdatasync(fd)  # data and size; the name is made durable by the directory sync
-        finally:
-            os.close(fd)
+        return durable.write_temp(data, tmp_dir)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise OutOfSpace(f"disk full while writing {tmp.name}") from exc
+            raise OutOfSpace("disk full while writing a received instance") from exc
         raise
-    return tmp
-
-
-def _ensure_parent(target: Path) -> bool:
-    """Create the target's folder if needed; True when it is new (its own name needs a sync)."""
-    if target.parent.exists():  # nearly always: skip mkdir's EEXIST and its second stat
-        return False
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return True
-
-
-def _sync_name(target: Path, new_dir: bool) -> None:
-    """Make the target's directory entry (and a new folder's) durable."""
-    _fsync_dir(target.parent)
-    if new_dir:
-        _fsync_dir(target.parent.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def clean_tmp(tmp_dir: Path) -> int:
     """Remove partial files a crash left behind; they were never acknowledged."""
     removed = 0
-    for part in tmp_dir.glob("*.part"):
+    for part in tmp_dir.glob(f"*{durable.TEMP_SUFFIX}"):
         part.unlink(missing_ok=True)
         removed += 1
     return removed

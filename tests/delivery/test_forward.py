@@ -1,5 +1,6 @@
 """Forward rules end to end: storescu -> ``dicomnode serve`` -> Orthanc, checked through its REST
-API; destinations down and coming up, restarts with retries pending, failure statuses, SIGTERM."""
+API; destinations down and coming up, restarts with retries pending, failure statuses, a PACS
+that aborts on one instance, SIGTERM."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pydicom
 import pytest
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
@@ -37,6 +39,30 @@ def refusing_scp(port: int, status: int = OUT_OF_RESOURCES) -> Iterator[list[str
     def on_store(event):  # type: ignore[no-untyped-def]
         seen.append(str(event.request.AffectedSOPInstanceUID))
         return status
+
+    ae = AE(ae_title="PACS")
+    ae.supported_contexts = AllStoragePresentationContexts
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    try:
+        yield seen
+    finally:
+        server.shutdown()
+
+
+@contextmanager
+def aborting_scp(port: int, abort_on: str) -> Iterator[list[str]]:
+    """A storage SCP that takes every instance (Success) but aborts the association whenever
+    ``abort_on`` arrives, as a PACS does that chokes on one dataset; yields the UIDs seen."""
+    seen: list[str] = []
+
+    def on_store(event):  # type: ignore[no-untyped-def]
+        uid = str(event.request.AffectedSOPInstanceUID)
+        seen.append(uid)
+        if uid == abort_on:
+            event.assoc.abort()
+        return 0x0000
 
     ae = AE(ae_title="PACS")
     ae.supported_contexts = AllStoragePresentationContexts
@@ -185,6 +211,36 @@ def test_failure_statuses_fail_the_job_and_retry_delivers_after_the_fix(tmp_path
         assert [e["to"] for e in events][-4:] == ["stored", "failed", "stored", "delivered"]
         again = node.cli("jobs", "retry", str(job["id"]))
         assert again.returncode == 1 and "only failed" in again.stderr
+    finally:
+        node.stop()
+
+
+def test_an_instance_that_aborts_the_association_alone_walks_to_max_attempts(tmp_path, brain):
+    """Issue 14: the PACS aborts the association on the third of eight instances, every time.
+    That instance alone counts attempts and fails; the five behind it in the batch were never
+    sent, so they go again at once without an attempt counted, and arrive after one try."""
+    port = free_port()
+    node = _node(tmp_path, {"pacs": port}, max_attempts=2, initial_backoff=0.2)
+    node.start()
+    try:
+        files = write_lowfield_series(brain, tmp_path / "s", seed=35, **SMALL)
+        by_number = sorted(
+            (int(d.InstanceNumber), str(d.SOPInstanceUID))
+            for d in (pydicom.dcmread(f, stop_before_pixels=True) for f in files)
+        )
+        chosen = by_number[2][1]  # the outbox sends in instance order
+        with aborting_scp(port, chosen) as seen:
+            storescu(node.port, files)
+            job = _wait_job(node, "failed")
+        assert seen.count(chosen) == 2  # tried twice, as configured
+        assert len(seen) == 2 + len(files) - 1  # every other instance sent exactly once
+        assert "delivery failed after 2 attempt(s): 1 to pacs of 8" in job["reason"]
+        assert "aborted" in job["reason"]
+        sql = "select sop_instance_uid, state, attempts from deliveries"
+        rows = {uid: (state, attempts) for uid, state, attempts in query(node, sql)}
+        assert rows.pop(chosen) == ("failed", 2)
+        assert set(rows.values()) == {("sent", 1)}, rows
+        assert len(rows) == len(files) - 1
     finally:
         node.stop()
 

@@ -1,5 +1,6 @@
-"""The C-STORE sender against real receivers: dcmtk's storescp (plain, aborting, stalling) and
-our own node over TLS with client certificates."""
+"""The C-STORE sender against real receivers: dcmtk's storescp (plain, aborting, stalling), a
+pynetdicom SCP that aborts on one chosen instance, and our own node over TLS with client
+certificates."""
 
 from __future__ import annotations
 
@@ -13,9 +14,17 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from dicomnode.config import Destination, TLSSettings
-from dicomnode.deliver.sender import FAILURE, SUCCESS, AssociationFailed, Result, Sender
+from dicomnode.deliver.sender import (
+    FAILURE,
+    SUCCESS,
+    UNSENT,
+    AssociationFailed,
+    Result,
+    Sender,
+)
 from tests.conftest import free_port, require_tool
 from tests.delivery.helpers import items_of
 from tests.node.helpers import RunningNode
@@ -126,7 +135,7 @@ def test_files_streamed_from_disk_arrive_byte_identical(tmp_path, brain, storesc
         assert pydicom.dcmread(received[str(sent.SOPInstanceUID)]).PixelData == sent.PixelData
 
 
-def test_abort_after_a_request_fails_it_and_the_rest_without_hanging(tmp_path, brain, storescp):
+def test_abort_after_a_request_fails_it_alone_and_the_rest_stay_unsent(tmp_path, brain, storescp):
     files = write_lowfield_series(brain, tmp_path / "s", seed=62, rows=64)[:3]
     scp = storescp("--abort-after")
 
@@ -134,9 +143,39 @@ def test_abort_after_a_request_fails_it_and_the_rest_without_hanging(tmp_path, b
     results = _send(_destination(scp.port), files)
 
     assert time.monotonic() - start < 10
-    assert [r.outcome for r in results] == [FAILURE] * 3
+    assert [r.outcome for r in results] == [FAILURE, UNSENT, UNSENT]
     assert "no response" in (results[0].error or "")
     assert all(r.error == "association lost" for r in results[1:])
+
+
+def test_an_abort_on_one_instance_mid_batch_fails_that_instance_only(tmp_path, brain):
+    """The peer takes two instances, aborts on the third: the third is the failure, the two
+    after it were never on the wire (the outbox sends them again without counting an attempt)."""
+    files = write_lowfield_series(brain, tmp_path / "s", seed=67, rows=64)[:5]
+    chosen = str(pydicom.dcmread(files[2], stop_before_pixels=True).SOPInstanceUID)
+    seen: list[str] = []
+
+    def on_store(event):  # type: ignore[no-untyped-def]
+        uid = str(event.request.AffectedSOPInstanceUID)
+        seen.append(uid)
+        if uid == chosen:
+            event.assoc.abort()
+        return 0x0000
+
+    ae = AE(ae_title="PACS")
+    ae.supported_contexts = AllStoragePresentationContexts
+    port = free_port()
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    try:
+        results = _send(_destination(port, "PACS"), files, dimse_timeout=10)
+    finally:
+        server.shutdown()
+
+    assert [r.outcome for r in results] == [SUCCESS, SUCCESS, FAILURE, UNSENT, UNSENT], results
+    assert "aborted" in (results[2].error or "")
+    assert len(seen) == 3 and seen[-1] == chosen
 
 
 def test_no_response_within_the_dimse_timeout_fails_the_instance(tmp_path, brain, storescp):
@@ -148,7 +187,7 @@ def test_no_response_within_the_dimse_timeout_fails_the_instance(tmp_path, brain
 
     assert time.monotonic() - start < 4.5
     assert results[0].outcome == FAILURE and "timed out" in (results[0].error or "")
-    assert results[1].error == "association lost"
+    assert results[1].outcome == UNSENT and results[1].error == "association lost"
 
 
 def test_nobody_listening_raises_association_failed(tmp_path, brain):

@@ -72,3 +72,59 @@ def test_other_errors_are_not_retried():
     with pytest.raises(EnhanceError):
         _with_oom_fallback(broken, SPEC, cache, fallbacks)
     assert fallbacks == []
+
+
+def _released_spec(version: str = "0.2.0", factor: int = 4, sha256: str | None = None) -> ModelSpec:
+    """A registry-like spec for a weights file shipped with the software, with its manifest
+    settings (tile, correction) as ``registry.sync_released`` records them."""
+    from models.release import file_name, read_manifest, weights_dir
+
+    name = file_name(factor, version)
+    entry = read_manifest()["models"][name]
+    return ModelSpec(
+        7,
+        "iqt-t1",
+        version,
+        factor,
+        str(weights_dir() / name),
+        sha256 or entry["sha256"],
+        tile=entry.get("tile"),
+        consistency_correction=bool(entry.get("consistency_correction", False)),
+    )
+
+
+def test_the_worker_builds_its_engine_through_the_pipeline_engine_registry(monkeypatch):
+    """One way to build an engine: the worker asks ``pipeline.engines`` (as ``dicomnode enhance``
+    does) and gets the engine it used to build by hand, with the version's tile and hash."""
+    import pipeline.engines
+    from models.iqt_engine import IQTEngine
+
+    asked: list[str] = []
+    load_engine = pipeline.engines.load_engine
+
+    def recording(engine, weights, /, **options):  # type: ignore[no-untyped-def]
+        asked.append(engine)
+        return load_engine(engine, weights, **options)
+
+    monkeypatch.setattr(pipeline.engines, "load_engine", recording)
+    spec = _released_spec()
+    cache = EngineCache("cpu", 1)
+    engine = cache.get(spec)
+    assert asked == ["iqt-t1"]
+    assert isinstance(engine, IQTEngine)
+    assert (engine.info.name, engine.info.version) == ("iqt-t1", "0.2.0")
+    assert engine.info.weights_sha256 == spec.sha256  # one file: its own hash
+    assert engine.supported_factors == (4,)
+    expected_tile = TileSettings(**spec.tile) if spec.tile else TileSettings()
+    assert engine.tiles == {4: expected_tile}
+    assert engine.consistency_correction == spec.consistency_correction
+    assert (engine.device, engine.threads) == ("cpu", 1)
+    assert cache.get(spec) is engine  # kept loaded, job after job
+    assert asked == ["iqt-t1"]
+
+
+def test_a_weights_file_whose_hash_changed_is_not_loaded():
+    from models.release import WeightsIntegrityError
+
+    with pytest.raises(WeightsIntegrityError, match="sha256"):
+        EngineCache("cpu", 1).get(_released_spec(sha256="0" * 64))
