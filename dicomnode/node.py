@@ -26,6 +26,7 @@ from dicomnode.receive.assembly import SeriesAssembler
 from dicomnode.receive.intake import Intake, Received
 from dicomnode.receive.receivers import ReceiverPool
 from dicomnode.receive.spool import SpoolLayout, clean_tmp, free_bytes
+from dicomnode.receive.store_handler import IntakeHandler, listener_settings, max_dataset_bytes
 from dicomnode.retention import purge
 
 log = logging.getLogger("dicomnode.node")
@@ -42,7 +43,12 @@ class Node:
         node = config.node
         self.layout = SpoolLayout(node.spool_dir, node.quarantine_dir)
         self.database = open_database(config)
-        self.intake = Intake(self.database, self.layout, int(node.min_free_mb * 2**20))
+        self.intake = Intake(
+            self.database,
+            self.layout,
+            int(node.min_free_mb * 2**20),
+            max_dataset_bytes=max_dataset_bytes(config),
+        )
         self.assembler = SeriesAssembler(
             self.database, config.rules, config.completion.quiet_seconds
         )
@@ -52,7 +58,9 @@ class Node:
         if node.listener_processes() > 1:
             self.receivers = ReceiverPool(config, node.listener_processes())
         else:
-            self.scp = StoreSCP(config, self.intake, self.assembler)
+            self.scp = StoreSCP(
+                listener_settings(config), IntakeHandler(config, self.intake, self.assembler)
+            )
         self.delivery = DeliveryService(self.database, config)
         self.runner = JobRunner(
             self.database, config, on_stored=self.delivery.wake, on_forward=self.delivery.wake

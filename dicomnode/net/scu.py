@@ -6,12 +6,13 @@ primitives. Tuned as far as it goes (TCP_NODELAY, a paused reactor, a 0.1 ms DUL
 0.41x storescu's instances/s into the same Orthanc; this loop sends 0.79-0.85x over one
 association and 1.14-1.20x over four (``bench/bench_send.py``).
 
-pynetdicom still does everything that has rules to get wrong: the A-ASSOCIATE-RQ/AC/RJ,
-A-RELEASE and A-ABORT PDUs and presentation contexts. Written by hand (``dicomnode.net.ul``) are
-only the encodings on the hot path, all fixed by the standard: the C-STORE-RQ command set
-(PS3.7 9.3.1.1, implicit VR little endian), the few fields read from the response, and
+Every PDU is ours: the A-ASSOCIATE-RQ is written and the A-ASSOCIATE-AC read by ``acse`` (the
+same codec the listener uses the other way round), the rest by ``ul``: the C-STORE-RQ command
+set (PS3.7 9.3.1.1, implicit VR little endian), the few fields read from the response, and
 P-DATA-TF framing (PS3.8 9.3.5), so that the dataset goes from the spooled file to the socket
-without being parsed or copied into PDU objects.
+without being parsed or copied into PDU objects. What the peer sends back is read with a cap:
+a P-DATA-TF PDU no longer than the maximum we advertised, any other PDU at most
+``ul.CONTROL_PDU_LIMIT``, each within the timeout.
 """
 
 from __future__ import annotations
@@ -23,29 +24,17 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from pydicom.uid import UID
-from pynetdicom._globals import APPLICATION_CONTEXT_NAME
 from pynetdicom.dsutils import split_dataset
-from pynetdicom.pdu import (
-    A_ABORT_RQ,
-    A_ASSOCIATE_AC,
-    A_ASSOCIATE_RJ,
-    A_ASSOCIATE_RQ,
-    A_RELEASE_RP,
-    A_RELEASE_RQ,
-)
-from pynetdicom.pdu_primitives import (
-    A_ASSOCIATE,
-    MaximumLengthNotification,
-)
-from pynetdicom.presentation import PresentationContext
 
-from dicomnode.net import ul
+from dicomnode.net import acse, ul
+from dicomnode.net.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 OUR_MAXIMUM_PDU = 65536  # responses are a few hundred bytes; this only bounds what we accept
 UNLIMITED_PDU_FRAGMENT = 1 << 20  # when the peer sets no limit, still send bounded PDUs
 WHOLE_READ_BYTES = 8 * 2**20
+READ_BUFFER_BYTES = 2 * OUR_MAXIMUM_PDU + ul.PDU_HEADER
 READ_CHUNK_PDUS = 16  # PDUs read from disk and handed to the kernel at a time
 PRIORITY_MEDIUM = 0x0000
 
@@ -103,10 +92,19 @@ def store_command(sop_class_uid: str, sop_instance_uid: str, message_id: int) ->
 class StoreAssociation:
     """An established association on which C-STORE requests are sent one at a time."""
 
-    def __init__(self, sock: socket.socket, maximum_pdu: int, accepted: dict[int, tuple[str, str]]):
+    def __init__(
+        self,
+        sock: socket.socket,
+        reader: ul.PDUReader,
+        maximum_pdu: int,
+        accepted: dict[int, tuple[str, str]],
+        timeout: float,
+    ):
         self._sock = sock
+        self._reader = reader
         limit = maximum_pdu or UNLIMITED_PDU_FRAGMENT
         self._fragment = max(limit - ul.PDV_OVERHEAD, 1)
+        self._timeout = timeout
         self.accepted = accepted  # context id -> (abstract syntax, transfer syntax)
         self.is_established = True
 
@@ -118,11 +116,13 @@ class StoreAssociation:
         port: int,
         calling_ae: str,
         called_ae: str,
-        contexts: Sequence[PresentationContext],
+        contexts: Sequence[Any],
         connect_timeout: float,
         dimse_timeout: float,
         ssl_context: ssl.SSLContext | None = None,
     ) -> StoreAssociation:
+        """Contexts are proposed in order, with IDs 1, 3, 5, ...: ``acse.ProposedContext``, or
+        objects with ``abstract_syntax`` and ``transfer_syntax`` (pynetdicom's contexts)."""
         try:
             sock = socket.create_connection((host, port), timeout=connect_timeout)
         except OSError as exc:
@@ -131,33 +131,41 @@ class StoreAssociation:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if ssl_context is not None:
                 sock = ssl_context.wrap_socket(sock)
-            ul.send(sock, [_associate_request(calling_ae, called_ae, contexts).encode()])
-            kind, raw = _read_pdu(sock)
-            if kind == ul.PDU_ASSOCIATE_RJ:
-                rejection = A_ASSOCIATE_RJ()
-                rejection.decode(raw)
-                raise AssociationError(
-                    f"association rejected by {called_ae}: {_rejection_text(rejection)}"
-                )
-            if kind != ul.PDU_ASSOCIATE_AC:
-                raise AssociationError(f"association not accepted (PDU type 0x{kind:02X})")
-            answer = A_ASSOCIATE_AC()
-            answer.decode(raw)
-            primitive = answer.to_primitive()
-            accepted = _accepted_contexts(contexts, primitive)
-            maximum = next(
-                (
-                    int(item.maximum_length_received or 0)
-                    for item in primitive.user_information
-                    if isinstance(item, MaximumLengthNotification)
-                ),
-                0,
+            proposed = _proposals(contexts)
+            request = acse.association_request(
+                calling_ae,
+                called_ae,
+                proposed,
+                OUR_MAXIMUM_PDU,
+                IMPLEMENTATION_CLASS_UID,
+                IMPLEMENTATION_VERSION_NAME,
             )
-            sock.settimeout(dimse_timeout)
-            return cls(sock, maximum, accepted)
+            ul.send(sock, [request], connect_timeout)
+            reader = ul.PDUReader(sock, READ_BUFFER_BYTES)
+            reader.begin(connect_timeout)
+            kind, body = reader.pdu(ul.CONTROL_PDU_LIMIT)
+            if kind == ul.PDU_ASSOCIATE_RJ:
+                result, source, reason = ul.fixed_fields(body, kind)
+                raise AssociationError(
+                    f"association rejected by {called_ae}: "
+                    + acse.rejection_text(result, source, reason)
+                )
+            if kind == ul.PDU_ABORT:
+                raise AssociationError(f"association aborted by {called_ae}")
+            if kind != ul.PDU_ASSOCIATE_AC:
+                raise ul.ProtocolError(f"PDU type 0x{kind:02X} where an A-ASSOCIATE-AC belongs")
+            answer = acse.read_acceptance(body)
+            accepted = _accepted_contexts(proposed, answer)
+            return cls(sock, reader, answer.maximum_length, accepted, dimse_timeout)
         except AssociationError:
             sock.close()
             raise
+        except ul.ProtocolError as exc:
+            _abort_quietly(sock)
+            raise AssociationError(f"association failed: {exc}") from None
+        except ul.PeerClosed:
+            sock.close()
+            raise AssociationError("the destination closed the connection") from None
         except (OSError, ValueError) as exc:
             sock.close()
             raise AssociationError(f"association failed: {type(exc).__name__}: {exc}") from None
@@ -172,14 +180,17 @@ class StoreAssociation:
         dataset: DatasetSource,
     ) -> StoreResponse:
         """Send one C-STORE-RQ and wait for its response; AssociationError if the link fails."""
-        command = store_command(sop_class_uid, sop_instance_uid, message_id)
         try:
+            command = store_command(sop_class_uid, sop_instance_uid, message_id)
             self._send_request(context_id, command, dataset)
             return self._read_response(message_id)
         except AssociationError:
             self._close()
             raise
-        except (OSError, ValueError) as exc:  # timeouts are OSErrors too
+        except ul.PeerClosed:
+            self._close()
+            raise AssociationError("the destination closed the connection") from None
+        except (OSError, ValueError, ul.ProtocolError) as exc:  # timeouts are OSErrors too
             self.abort()
             raise AssociationError(f"{type(exc).__name__}: {exc}") from None
 
@@ -188,7 +199,7 @@ class StoreAssociation:
         ul.frame(buffers, context_id, command, self._fragment, command=True, ends=True)
         if dataset.data is not None:
             ul.frame(buffers, context_id, dataset.data, self._fragment, command=False, ends=True)
-            ul.send(self._sock, buffers)
+            ul.send(self._sock, buffers, self._timeout)
             return
         assert dataset.path is not None
         with dataset.path.open("rb") as handle:
@@ -202,23 +213,39 @@ class StoreAssociation:
                 ul.frame(
                     buffers, context_id, chunk, self._fragment, command=False, ends=remaining == 0
                 )
-                ul.send(self._sock, buffers)
+                ul.send(self._sock, buffers, self._timeout)
                 buffers = []
+
+    def _read_pdu(self) -> tuple[int, bytes | bytearray]:
+        """The next PDU within the timeout; a P-DATA-TF longer than we advertised, or any
+        other PDU over ``ul.CONTROL_PDU_LIMIT``, is a protocol error and never read whole."""
+        self._reader.begin(self._timeout)
+        kind, length = self._reader.header()
+        limit = OUR_MAXIMUM_PDU if kind == ul.PDU_DATA else ul.CONTROL_PDU_LIMIT
+        if length > limit:
+            raise ul.ProtocolError(
+                f"PDU type 0x{kind:02X} of {length} bytes exceeds the {limit} bytes accepted"
+            )
+        return kind, self._reader.take(length)
 
     def _read_response(self, message_id: int) -> StoreResponse:
         parts: list[bytes] = []
+        size = 0
         while True:
-            kind, raw = _read_pdu(self._sock)
+            kind, body = self._read_pdu()
             if kind == ul.PDU_ABORT:
                 raise AssociationError("the destination aborted the association")
             if kind == ul.PDU_RELEASE_RQ:
-                ul.send(self._sock, [A_RELEASE_RP().encode()])
+                ul.send(self._sock, [ul.release_response()], self._timeout)
                 raise AssociationError("the destination released the association mid-transfer")
             if kind != ul.PDU_DATA:
-                raise ValueError(f"unexpected PDU type 0x{kind:02X} while awaiting a response")
-            for _, control, fragment in ul.pdv_items(memoryview(raw)[6:]):
+                raise ul.ProtocolError(f"unexpected PDU type 0x{kind:02X} awaiting a response")
+            for _, control, fragment in ul.pdv_items(memoryview(body)):
                 if not control & ul.CONTROL_COMMAND:
-                    raise ValueError("a dataset where a C-STORE response was expected")
+                    raise ul.ProtocolError("a dataset where a C-STORE response was expected")
+                size += len(fragment)
+                if size > OUR_MAXIMUM_PDU:
+                    raise ul.ProtocolError(f"a response command set over {OUR_MAXIMUM_PDU} bytes")
                 parts.append(bytes(fragment))
                 if control & ul.CONTROL_LAST:
                     return _store_response(ul.parse_command(b"".join(parts)), message_id)
@@ -229,26 +256,20 @@ class StoreAssociation:
         if not self.is_established:
             return
         try:
-            ul.send(self._sock, [A_RELEASE_RQ().encode()])
+            ul.send(self._sock, [ul.release_request()], self._timeout)
             while True:
-                kind, _ = _read_pdu(self._sock)
+                kind, _ = self._read_pdu()
                 if kind in (ul.PDU_RELEASE_RP, ul.PDU_ABORT):
                     break
-        except (OSError, ValueError, AssociationError):
+        except (OSError, ValueError, ul.ProtocolError, ul.PeerClosed):
             pass
         self._close()
 
     def abort(self) -> None:
         if not self.is_established:
             return
-        try:
-            abort = A_ABORT_RQ()
-            abort.source = 0x00  # DICOM UL service-user
-            abort.reason_diagnostic = 0x00
-            ul.send(self._sock, [abort.encode()])
-        except OSError:
-            pass
-        self._close()
+        _abort_quietly(self._sock)
+        self.is_established = False
 
     def _close(self) -> None:
         self.is_established = False
@@ -258,34 +279,46 @@ class StoreAssociation:
             pass
 
 
-def _associate_request(
-    calling_ae: str, called_ae: str, contexts: Sequence[PresentationContext]
-) -> A_ASSOCIATE_RQ:
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = UID(APPLICATION_CONTEXT_NAME)
-    primitive.calling_ae_title = calling_ae
-    primitive.called_ae_title = called_ae
+def _abort_quietly(sock: socket.socket) -> None:
+    """A-ABORT from the service user, then close; the peer may be gone already."""
+    try:
+        ul.send(sock, [ul.abort(ul.ABORT_SOURCE_USER, ul.ABORT_REASON_NOT_SPECIFIED)], 1.0)
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+def _proposals(contexts: Sequence[Any]) -> list[acse.ProposedContext]:
+    proposed = []
     for index, context in enumerate(contexts):
-        context.context_id = 2 * index + 1  # odd numbers, PS3.8 9.3.2.2
-    primitive.presentation_context_definition_list = list(contexts)
-    primitive.user_information = ul.user_information(OUR_MAXIMUM_PDU)
-    pdu = A_ASSOCIATE_RQ()
-    pdu.from_primitive(primitive)
-    return pdu
+        if isinstance(context, acse.ProposedContext):
+            syntaxes = context.transfer_syntaxes
+        else:
+            syntaxes = tuple(str(s) for s in context.transfer_syntax)
+        proposed.append(
+            acse.ProposedContext(2 * index + 1, str(context.abstract_syntax), tuple(syntaxes))
+        )
+    return proposed
 
 
 def _accepted_contexts(
-    proposed: Sequence[PresentationContext], primitive: A_ASSOCIATE
+    proposed: Sequence[acse.ProposedContext], answer: acse.AssociateAccept
 ) -> dict[int, tuple[str, str]]:
+    """Context ID -> (abstract syntax, transfer syntax) of each context the peer accepted in
+    one of the syntaxes we proposed for it."""
     by_id = {context.context_id: context for context in proposed}
     accepted: dict[int, tuple[str, str]] = {}
-    for result in primitive.presentation_context_definition_results_list:
+    for result in answer.results:
         request = by_id.get(result.context_id)
-        if result.result == 0 and request is not None and result.transfer_syntax:
-            accepted[result.context_id] = (
-                str(request.abstract_syntax),
-                str(result.transfer_syntax[0]),
-            )
+        if (
+            result.result == acse.RESULT_ACCEPTANCE
+            and request is not None
+            and result.transfer_syntax in request.transfer_syntaxes
+        ):
+            accepted[result.context_id] = (request.abstract_syntax, result.transfer_syntax)
     return accepted
 
 
@@ -297,20 +330,3 @@ def _store_response(command: ul.Command, message_id: int) -> StoreResponse:
     if command.status is None:
         raise ValueError("C-STORE response without a Status")
     return StoreResponse(command.status, command.error_comment)
-
-
-def _rejection_text(rejection: A_ASSOCIATE_RJ) -> str:
-    try:
-        return f"{rejection.result_str}, {rejection.source_str}, {rejection.reason_str}"
-    except (KeyError, AttributeError):
-        return (
-            f"result {rejection.result}, source {rejection.source}, "
-            f"reason {rejection.reason_diagnostic}"
-        )
-
-
-def _read_pdu(sock: socket.socket) -> tuple[int, bytes]:
-    try:
-        return ul.read_pdu(sock)
-    except ul.PeerClosed:
-        raise AssociationError("the destination closed the connection") from None

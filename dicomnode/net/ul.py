@@ -1,26 +1,24 @@
 """DICOM Upper Layer pieces shared by our association requestor (``scu``) and acceptor (``scp``).
 
-Only what the standard fixes byte for byte and what sits on the per-instance hot path lives
-here: PDU framing (PS3.8 9.3), P-DATA-TF items, and command sets in implicit VR little endian
-(PS3.7 E.2 and 9.3/9.1.5). Everything that negotiates (A-ASSOCIATE-RQ/AC/RJ, presentation
-contexts) stays with pynetdicom's PDU classes, which have the rules right.
+What the standard fixes byte for byte: PDU framing and reading (PS3.8 9.3), the fixed-size
+A-ASSOCIATE-RJ, A-RELEASE-RQ/RP and A-ABORT PDUs (9.3.4, 9.3.6-9.3.8), P-DATA-TF items (9.3.5)
+and command sets in implicit VR little endian (PS3.7 E.2 and 9.3/9.1.5). The A-ASSOCIATE-RQ/AC
+items are encoded and decoded in ``acse``; both directions use the same code.
+
+PDUs are read through ``PDUReader``: one reusable buffer, every PDU within a deadline (a sender
+that drips bytes cannot hold a connection), and P-DATA-TF read item by item, so that a dataset
+fragment can be skipped without ever being held.
 """
 
 from __future__ import annotations
 
+import math
 import socket
 import ssl
 import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
-
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
-from pynetdicom.pdu_primitives import (
-    ImplementationClassUIDNotification,
-    ImplementationVersionNameNotification,
-    MaximumLengthNotification,
-)
 
 PDU_ASSOCIATE_RQ = 0x01
 PDU_ASSOCIATE_AC = 0x02
@@ -30,8 +28,13 @@ PDU_RELEASE_RQ = 0x05
 PDU_RELEASE_RP = 0x06
 PDU_ABORT = 0x07
 
+PDU_HEADER = 6  # type (1), reserved (1), length (4)
 PDV_OVERHEAD = 6  # item length (4), context id (1), message control header (1)
 MAX_GATHER = 512  # buffers per sendmsg call; the kernel takes at most IOV_MAX (1024)
+# Bodies of the PDUs that are not P-DATA-TF: an A-ASSOCIATE-RQ/AC of 128 presentation contexts
+# is ~50 KB, the others are 4 bytes.
+CONTROL_PDU_LIMIT = 1 << 20
+READ_BUFFER_BYTES = 256 * 1024
 
 CONTROL_COMMAND = 0x01  # message control header, bit 0: command (1) or dataset (0)
 CONTROL_LAST = 0x02  # bit 1: last fragment of the command or dataset
@@ -54,6 +57,20 @@ TAG_DATASET_TYPE = 0x0800
 TAG_STATUS = 0x0900
 TAG_ERROR_COMMENT = 0x0902
 TAG_AFFECTED_SOP_INSTANCE = 0x1000
+
+# A-ABORT source (PS3.8 9.3.8)
+ABORT_SOURCE_USER = 0x00
+ABORT_SOURCE_PROVIDER = 0x02
+# A-ABORT reason when the source is the service provider
+ABORT_REASON_NOT_SPECIFIED = 0x00
+ABORT_UNRECOGNIZED_PDU = 0x01
+ABORT_UNEXPECTED_PDU = 0x02
+ABORT_UNRECOGNIZED_PARAMETER = 0x04
+ABORT_UNEXPECTED_PARAMETER = 0x05
+ABORT_INVALID_PARAMETER = 0x06
+
+_HEADER = struct.Struct(">BxI")
+_PDV = struct.Struct(">IBB")
 
 
 class PeerClosed(Exception):
@@ -83,7 +100,11 @@ def command_set(*elements: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class Command:
-    """The fields of a received command set that an acceptor or requestor acts on."""
+    """The fields of a received command set that an acceptor or requestor acts on.
+
+    The UIDs come decoded (a byte that is not ASCII becomes U+FFFD) and as sent, so that a
+    response can echo what the peer sent, whatever it was.
+    """
 
     field: int
     message_id: int | None
@@ -93,9 +114,11 @@ class Command:
     has_dataset: bool
     status: int | None
     error_comment: str | None
+    sop_class_raw: bytes = b""
+    sop_instance_raw: bytes = b""
 
 
-def parse_command(data: bytes) -> Command:
+def parse_command(data: bytes | bytearray) -> Command:
     """Decode a command set; ProtocolError when it is truncated or lacks its CommandField."""
     values: dict[int, bytes] = {}
     offset = 0
@@ -107,7 +130,7 @@ def parse_command(data: bytes) -> Command:
         offset += 8
         if group != 0x0000 or offset + length > end:
             raise ProtocolError(f"invalid command set element ({group:04X},{tag_element:04X})")
-        values[tag_element] = data[offset : offset + length]
+        values[tag_element] = bytes(data[offset : offset + length])
         offset += length
 
     def number(tag: int) -> int | None:
@@ -118,43 +141,57 @@ def parse_command(data: bytes) -> Command:
             raise ProtocolError(f"command element (0000,{tag:04X}) is not a US")
         return int(struct.unpack("<H", raw)[0])
 
-    def text(tag: int) -> str:
-        return values.get(tag, b"").rstrip(b"\x00 ").decode("ascii", errors="replace")
+    def raw_text(tag: int) -> bytes:
+        return values.get(tag, b"").rstrip(b"\x00 ")
 
     field = number(TAG_COMMAND_FIELD)
     if field is None:
         raise ProtocolError("command set without CommandField")
-    comment = text(TAG_ERROR_COMMENT)
+    comment = raw_text(TAG_ERROR_COMMENT).decode("ascii", errors="replace")
+    sop_class = raw_text(TAG_AFFECTED_SOP_CLASS)
+    sop_instance = raw_text(TAG_AFFECTED_SOP_INSTANCE)
     return Command(
         field=field,
         message_id=number(TAG_MESSAGE_ID),
         responded_to=number(TAG_MESSAGE_ID_RESPONDED),
-        sop_class_uid=text(TAG_AFFECTED_SOP_CLASS),
-        sop_instance_uid=text(TAG_AFFECTED_SOP_INSTANCE),
+        sop_class_uid=sop_class.decode("ascii", errors="replace"),
+        sop_instance_uid=sop_instance.decode("ascii", errors="replace"),
         has_dataset=number(TAG_DATASET_TYPE) not in (None, NO_DATASET),
         status=number(TAG_STATUS),
         error_comment=comment or None,
+        sop_class_raw=sop_class,
+        sop_instance_raw=sop_instance,
     )
 
 
-def user_information(
-    maximum_pdu: int,
-) -> list[
-    MaximumLengthNotification
-    | ImplementationClassUIDNotification
-    | ImplementationVersionNameNotification
-]:
-    """The user information items our requestor sends (PS3.7 D.3.3); the listener writes the
-    same three itself in ``acse.acceptance``."""
-    maximum = MaximumLengthNotification()
-    maximum.maximum_length_received = maximum_pdu
-    implementation = ImplementationClassUIDNotification()
-    implementation.implementation_class_uid = PYNETDICOM_IMPLEMENTATION_UID
-    version = ImplementationVersionNameNotification()
-    version.implementation_version_name = PYNETDICOM_IMPLEMENTATION_VERSION
-    return [maximum, implementation, version]
+# --- the small fixed PDUs ----------------------------------------------------------------------
+def associate_reject(result: int, source: int, reason: int) -> bytes:
+    """A-ASSOCIATE-RJ (PS3.8 9.3.4)."""
+    return bytes((PDU_ASSOCIATE_RJ, 0, 0, 0, 0, 4, 0, result, source, reason))
 
 
+def release_request() -> bytes:
+    return bytes((PDU_RELEASE_RQ, 0, 0, 0, 0, 4, 0, 0, 0, 0))
+
+
+def release_response() -> bytes:
+    return bytes((PDU_RELEASE_RP, 0, 0, 0, 0, 4, 0, 0, 0, 0))
+
+
+def abort(source: int, reason: int) -> bytes:
+    """A-ABORT (PS3.8 9.3.8); the reason is significant only when the provider aborts."""
+    return bytes((PDU_ABORT, 0, 0, 0, 0, 4, 0, 0, source, reason))
+
+
+def fixed_fields(body: bytes | bytearray, kind: int) -> tuple[int, int, int]:
+    """The last three bytes of an A-ASSOCIATE-RJ body (result, source, reason) or of an
+    A-ABORT body (reserved, source, reason)."""
+    if len(body) != 4:
+        raise ProtocolError(f"PDU type 0x{kind:02X} with a body of {len(body)} bytes, not 4")
+    return body[1], body[2], body[3]
+
+
+# --- P-DATA-TF ---------------------------------------------------------------------------------
 def pdv_header(context_id: int, control: int, size: int) -> bytes:
     """P-DATA-TF PDU header holding exactly one PDV item of ``size`` data bytes."""
     return struct.pack(">BBIIBB", PDU_DATA, 0, size + PDV_OVERHEAD, size + 2, context_id, control)
@@ -178,7 +215,7 @@ def frame(
 
 
 def pdv_items(body: memoryview) -> Iterator[tuple[int, int, memoryview]]:
-    """(context id, message control header, fragment) of each PDV in a P-DATA-TF body."""
+    """(context id, message control header, fragment) of each PDV in a whole P-DATA-TF body."""
     offset = 0
     end = len(body)
     while offset < end:
@@ -191,8 +228,10 @@ def pdv_items(body: memoryview) -> Iterator[tuple[int, int, memoryview]]:
         offset += 4 + length
 
 
-def send(sock: socket.socket, buffers: list[bytes | memoryview]) -> None:
-    """Hand every buffer to the kernel; gathered in one call where the socket allows it."""
+def send(sock: socket.socket, buffers: list[bytes | memoryview], timeout: float | None) -> None:
+    """Hand every buffer to the kernel; gathered in one call where the socket allows it. Each
+    call may wait up to ``timeout`` for room in the send buffer."""
+    sock.settimeout(timeout)
     if isinstance(sock, ssl.SSLSocket):  # TLS sockets have no sendmsg
         sock.sendall(b"".join(buffers))
         return
@@ -206,38 +245,109 @@ def send(sock: socket.socket, buffers: list[bytes | memoryview]) -> None:
             pending[0] = pending[0][sent:]
 
 
-def read_exactly(sock: socket.socket, size: int) -> bytes:
-    parts = []
-    while size:
-        chunk = sock.recv(min(size, 1 << 20))
-        if not chunk:
-            raise PeerClosed("the peer closed the connection")
-        parts.append(chunk)
-        size -= len(chunk)
-    return b"".join(parts)
+# --- reading -----------------------------------------------------------------------------------
+class PDUReader:
+    """PDUs read from a socket through one reusable buffer, each before a deadline.
 
-
-def read_pdu(sock: socket.socket) -> tuple[int, bytes]:
-    """(PDU type, whole PDU with its header) read straight from a socket."""
-    header = read_exactly(sock, 6)
-    (length,) = struct.unpack(">I", header[2:6])
-    return header[0], header + read_exactly(sock, length)
-
-
-def read_pdu_buffered(stream: BinaryIO, limit: int) -> tuple[int, bytes]:
-    """(PDU type, PDU body) from a buffered socket file; a PDU over ``limit`` is refused.
-
-    The buffer turns the header and body reads of the many small PDUs of one instance into a
-    few large recv calls.
+    ``begin(seconds)`` starts the deadline of the next PDU: waiting for its first byte and
+    reading its last count against it, so a peer that sends a byte a second gets nowhere.
+    ``take`` returns a fresh object for what is kept (the only copy out of the buffer; large
+    pieces are received straight into it), ``skip`` consumes bytes without keeping them.
     """
-    header = stream.read(6)
-    if len(header) < 6:
-        raise PeerClosed("the peer closed the connection")
-    kind = header[0]
-    (length,) = struct.unpack(">I", header[2:6])
-    if length > limit:
-        raise ProtocolError(f"PDU of {length} bytes exceeds the {limit} bytes accepted")
-    body = stream.read(length)
-    if len(body) < length:
-        raise PeerClosed("the peer closed the connection inside a PDU")
-    return kind, body
+
+    __slots__ = ("_sock", "_buffer", "_view", "_start", "_end", "deadline")
+
+    def __init__(self, sock: socket.socket, buffer_bytes: int = READ_BUFFER_BYTES):
+        self._sock = sock
+        self._buffer = bytearray(buffer_bytes)
+        self._view = memoryview(self._buffer)
+        self._start = 0
+        self._end = 0
+        self.deadline = math.inf
+
+    def begin(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+
+    def _receive(self, view: memoryview) -> int:
+        if self.deadline == math.inf:
+            self._sock.settimeout(None)
+        else:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("timed out: the PDU did not arrive within its deadline")
+            self._sock.settimeout(remaining)
+        received = self._sock.recv_into(view)
+        if not received:
+            raise PeerClosed("the peer closed the connection")
+        return received
+
+    def _fill(self, need: int) -> None:
+        """At least ``need`` (at most the buffer's size) bytes buffered."""
+        start, end = self._start, self._end
+        if start == end:
+            start = end = 0
+        elif len(self._buffer) - start < need:
+            self._view[: end - start] = self._view[start:end]
+            start, end = 0, end - start
+        try:
+            while end - start < need:
+                end += self._receive(self._view[end:])
+        finally:
+            self._start, self._end = start, end
+
+    def header(self) -> tuple[int, int]:
+        """(type, length) of the next PDU."""
+        if self._end - self._start < PDU_HEADER:
+            self._fill(PDU_HEADER)
+        kind, length = _HEADER.unpack_from(self._buffer, self._start)
+        self._start += PDU_HEADER
+        return kind, length
+
+    def pdv(self) -> tuple[int, int, int]:
+        """(item length, context id, message control header) of the next PDV item."""
+        if self._end - self._start < PDV_OVERHEAD:
+            self._fill(PDV_OVERHEAD)
+        values = _PDV.unpack_from(self._buffer, self._start)
+        self._start += PDV_OVERHEAD
+        return values
+
+    def take(self, size: int) -> bytes | bytearray:
+        start = self._start
+        available = self._end - start
+        if size <= available:
+            self._start = start + size
+            return self._buffer[start : start + size]
+        if size <= len(self._buffer) // 2:
+            self._fill(size)
+            start = self._start
+            self._start = start + size
+            return self._buffer[start : start + size]
+        piece = bytearray(size)
+        piece[:available] = self._view[start : self._end]
+        self._start = self._end = 0
+        view = memoryview(piece)
+        filled = available
+        while filled < size:
+            filled += self._receive(view[filled:])
+        return piece
+
+    def skip(self, size: int) -> None:
+        available = self._end - self._start
+        if size <= available:
+            self._start += size
+            return
+        size -= available
+        self._start = self._end = 0
+        view = self._view
+        while size:
+            size -= self._receive(view[: min(size, len(view))])
+
+    def pdu(self, limit: int) -> tuple[int, bytes | bytearray]:
+        """(type, body) of a whole PDU; ProtocolError for a body over ``limit`` (nothing of it
+        is read then)."""
+        kind, length = self.header()
+        if length > limit:
+            raise ProtocolError(
+                f"PDU type 0x{kind:02X} of {length} bytes exceeds the {limit} bytes accepted"
+            )
+        return kind, self.take(length)

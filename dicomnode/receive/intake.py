@@ -21,7 +21,15 @@ from db.models import Instance, QuarantinedObject, Series, SeriesState, utcnow
 from db.prepared import PreparedStatement
 from db.session import Database
 from dicomnode.receive.assembly import ENHANCED_MULTIFRAME_CLASSES, reopen
-from dicomnode.receive.header import InstanceHeader, UnreadableInstance, read_header
+from dicomnode.receive.header import (
+    ENCAPSULATED_SYNTAXES,
+    NATIVE_SYNTAXES,
+    InstanceHeader,
+    NotInTransferSyntax,
+    TooLarge,
+    UnreadableInstance,
+    read_header,
+)
 from dicomnode.receive.spool import (
     OutOfSpace,
     SpoolLayout,
@@ -39,24 +47,25 @@ CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0x0110
 
 _UID = re.compile(r"^(0|[1-9]\d*)(\.(0|[1-9]\d*))*$")
-_NATIVE_SYNTAXES = {
-    "1.2.840.10008.1.2",
-    "1.2.840.10008.1.2.1",
-    "1.2.840.10008.1.2.1.99",
-    "1.2.840.10008.1.2.2",
-}
+# IS values (PS3.5 6.2) and the database's INTEGER columns (PostgreSQL: 4 bytes).
+_SIGNED_32_BIT = range(-(2**31), 2**31)
+# Photometric interpretations whose native pixels hold two samples' worth per pixel.
+_HALF_CHROMA = {"YBR_FULL_422", "YBR_PARTIAL_422"}
 
 
 @dataclass(frozen=True)
 class Received:
     """One C-STORE request as it came off the wire."""
 
-    data: bytes  # Part 10 encoding: preamble, file meta, dataset as sent
+    data: bytes  # Part 10 encoding: preamble, file meta (the listener's), dataset as sent
     sop_class_uid: str
     sop_instance_uid: str
     calling_ae: str
     peer: str
     association_id: str
+    # The presentation context's transfer syntax. When given, the file meta must name it;
+    # either way the recorded syntax is the meta's, never a value from the dataset.
+    transfer_syntax_uid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,16 +85,26 @@ class Rejected(Exception):
 
 
 class Intake:
-    def __init__(self, database: Database, layout: SpoolLayout, min_free_bytes: int):
+    def __init__(
+        self,
+        database: Database,
+        layout: SpoolLayout,
+        min_free_bytes: int,
+        max_dataset_bytes: int | None = None,
+    ):
+        """``max_dataset_bytes`` (``[node] max_dataset_mb``) caps a deflated dataset's inflation;
+        None: the setting's default."""
         self.database = database
         self.layout = layout
         self.min_free_bytes = min_free_bytes
+        self.max_dataset_bytes = max_dataset_bytes
         for statement in (_COUNT_INTO_RECEIVING, _COUNT_BY_ID, _INSERT_INSTANCE, _ANNOUNCE):
             statement.prepare(database.engine.dialect)
 
     def receive(self, item: Received) -> Outcome:
         try:
-            header = _parse(item)
+            header = _parse(item, self.max_dataset_bytes)
+            _check_encoding(item, header)
             _check_consistency(item, header)
         except Rejected as exc:
             self._quarantine(item, exc.status, exc.reason)
@@ -104,7 +123,8 @@ class Intake:
     def adopt(self, item: Received, path: Path) -> Outcome:
         """Record a spooled file the database lacks (a commit lost to a crash), keeping it."""
         try:
-            header = _parse(item)
+            header = _parse(item, self.max_dataset_bytes)
+            _check_encoding(item, header)
             _check_consistency(item, header)
         except Rejected as exc:
             return Outcome(exc.status, reason=exc.reason)
@@ -216,11 +236,32 @@ def _ids(item: Received) -> dict[str, object]:
     }
 
 
-def _parse(item: Received) -> InstanceHeader:
+def _parse(item: Received, max_inflated_bytes: int | None) -> InstanceHeader:
     try:
-        return read_header(item.data)
+        return read_header(item.data, max_inflated_bytes)
+    except TooLarge as exc:
+        raise Rejected(OUT_OF_RESOURCES, f"dataset too large: {exc}") from None
+    except NotInTransferSyntax as exc:
+        raise Rejected(CANNOT_UNDERSTAND, f"not in the negotiated transfer syntax: {exc}") from None
     except UnreadableInstance as exc:
         raise Rejected(CANNOT_UNDERSTAND, f"unparseable dataset: {exc}") from None
+
+
+def _check_encoding(item: Received, header: InstanceHeader) -> None:
+    """The dataset as the negotiated transfer syntax encodes it (0xC000 otherwise)."""
+    syntax = header.transfer_syntax_uid
+    problems = []
+    if item.transfer_syntax_uid is not None and syntax != item.transfer_syntax_uid:
+        problems.append("file meta TransferSyntaxUID differs from the presentation context's")
+    elif header.has_pixel_data:
+        if syntax in NATIVE_SYNTAXES and header.pixel_data_bytes is None:
+            problems.append("PixelData is encapsulated (undefined length) on a native syntax")
+        elif syntax in ENCAPSULATED_SYNTAXES and not header.pixel_data_encapsulated:
+            problems.append("PixelData is not encapsulated (native pixels) on a compressed syntax")
+    if problems:
+        raise Rejected(
+            CANNOT_UNDERSTAND, "not in the negotiated transfer syntax: " + "; ".join(problems)
+        )
 
 
 def _check_consistency(item: Received, header: InstanceHeader) -> None:
@@ -241,6 +282,14 @@ def _check_consistency(item: Received, header: InstanceHeader) -> None:
             problems.append("SOPInstanceUID differs from the C-STORE request's")
         if header.sop_class_uid != item.sop_class_uid:
             problems.append("SOPClassUID differs from the C-STORE request's")
+    integers = {
+        "InstanceNumber": header.instance_number,
+        "ImagesInAcquisition": header.images_in_acquisition,
+        "NumberOfFrames": header.number_of_frames,
+    }
+    for keyword, number in integers.items():
+        if number is not None and number not in _SIGNED_32_BIT:
+            problems.append(f"{keyword} outside the signed 32-bit range of IS")
     problems.extend(_pixel_problems(header))
     if problems:
         raise Rejected(
@@ -249,21 +298,23 @@ def _check_consistency(item: Received, header: InstanceHeader) -> None:
 
 
 def _pixel_problems(header: InstanceHeader) -> list[str]:
-    if not header.has_pixel_data or header.transfer_syntax_uid not in _NATIVE_SYNTAXES:
+    """An image (Rows and Columns) carries its pixels; native ones as many as it describes."""
+    if header.rows is None and header.columns is None and not header.has_pixel_data:
         return []
-    if header.pixel_data_bytes is None:
-        return []
+    if not header.has_pixel_data:
+        if header.has_other_image_data:  # float pixels, spectroscopy: not Pixel Data
+            return []
+        return ["PixelData missing from an image (Rows, Columns present)"]
+    if header.pixel_data_bytes is None or header.transfer_syntax_uid not in NATIVE_SYNTAXES:
+        return []  # encapsulated: checked against the syntax in _check_encoding
     if not (header.rows and header.columns and header.bits_allocated):
         return ["pixel description (Rows, Columns, BitsAllocated) missing or invalid"]
-    expected = (
-        header.rows
-        * header.columns
-        * (header.samples_per_pixel or 1)
-        * header.frames
-        * header.bits_allocated
-        // 8
-    )
-    if header.pixel_data_bytes < expected:
+    samples = header.samples_per_pixel or 1
+    if samples == 3 and header.photometric_interpretation in _HALF_CHROMA:
+        samples = 2  # PS3.3 C.7.6.3.1.2: Cb and Cr at half horizontal resolution
+    bits = header.rows * header.columns * samples * header.frames * header.bits_allocated
+    expected = (bits + 7) // 8
+    if header.pixel_data_bytes not in (expected, expected + expected % 2):  # even padding
         return [
             f"PixelData holds {header.pixel_data_bytes} bytes, {expected} expected from the "
             "image description"

@@ -7,7 +7,13 @@ everything else (migrations, spool recovery, jobs, delivery, HTTP); each child r
 ``StoreSCP`` with its own database connections. Series completion is decided in the database,
 so it does not matter which process received which instance.
 
-    python -m dicomnode.receive.receivers --fd N --index I --max-associations M --ready-fd R
+``max_associations`` and ``max_pending_connections`` hold for the node, not per process: the
+processes count in one shared table (``dicomnode.net.limits.Slots``, a memory file whose
+descriptor they inherit), so a connection is refused only when the node as a whole is full,
+whichever process accepted it. When a receiver dies, its row is cleared before it is replaced.
+
+    python -m dicomnode.receive.receivers --fd N --slots-fd S --processes P --index I
+        --ready-fd R --parent PID
         (started by ``ReceiverPool``, the configuration arrives as JSON on stdin)
 """
 
@@ -26,6 +32,7 @@ import threading
 import time
 
 from dicomnode.config import Config
+from dicomnode.net.limits import Slots
 
 log = logging.getLogger("dicomnode.receive.receivers")
 
@@ -53,9 +60,8 @@ class ReceiverPool:
     def __init__(self, config: Config, processes: int):
         self.config = config
         self.processes = processes
-        # The limit is per process; a connection goes to whichever process accepts it first.
-        self.max_associations = max(1, -(-config.node.max_associations // processes))
         self._socket: socket.socket | None = None
+        self._slots: Slots | None = None
         self._children: list[_Child] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -72,6 +78,9 @@ class ReceiverPool:
         node = self.config.node
         self._stopping.clear()
         self._socket = listening_socket(node.bind_address, node.port)
+        self._slots = Slots.create(
+            self.processes, node.max_pending_connections, node.max_associations
+        )
         try:
             self._children = [self._spawn(index) for index in range(self.processes)]
         except ReceiverError:
@@ -86,14 +95,16 @@ class ReceiverPool:
             extra={
                 "processes": self.processes,
                 "port": self.port,
-                "max_associations_each": self.max_associations,
+                "max_associations": node.max_associations,
+                "max_pending_connections": node.max_pending_connections,
                 "pids": [child.process.pid for child in self._children],
             },
         )
 
     def _spawn(self, index: int) -> _Child:
-        assert self._socket is not None
+        assert self._socket is not None and self._slots is not None
         fd = self._socket.fileno()
+        slots_fd = self._slots.fd
         ready_read, ready_write = os.pipe()
         try:
             try:
@@ -106,15 +117,17 @@ class ReceiverPool:
                         str(fd),
                         "--index",
                         str(index),
-                        "--max-associations",
-                        str(self.max_associations),
+                        "--slots-fd",
+                        str(slots_fd),
+                        "--processes",
+                        str(self.processes),
                         "--ready-fd",
                         str(ready_write),
                         "--parent",
                         str(os.getpid()),
                     ],
                     stdin=subprocess.PIPE,
-                    pass_fds=(fd, ready_write),
+                    pass_fds=(fd, slots_fd, ready_write),
                 )
             finally:
                 os.close(ready_write)  # the child holds its own copy
@@ -149,6 +162,8 @@ class ReceiverPool:
                     self._stopping.wait(RESTART_BACKOFF_SECONDS)
                 if self._stopping.is_set():
                     return
+                assert self._slots is not None
+                self._slots.clear(child.index)  # its connections died with it
                 try:
                     replacement = self._spawn(child.index)
                 except ReceiverError as exc:
@@ -185,6 +200,9 @@ class ReceiverPool:
         if self._socket is not None:
             self._socket.close()
             self._socket = None
+        if self._slots is not None:
+            self._slots.close()
+            self._slots = None
 
 
 # --- the child ---------------------------------------------------------------------------------
@@ -213,7 +231,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m dicomnode.receive.receivers")
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--index", type=int, required=True)
-    parser.add_argument("--max-associations", type=int, required=True)
+    parser.add_argument("--slots-fd", type=int, required=True)
+    parser.add_argument("--processes", type=int, required=True)
     parser.add_argument("--ready-fd", type=int, required=True)
     parser.add_argument("--parent", type=int, required=True)
     args = parser.parse_args(argv)
@@ -225,6 +244,11 @@ def main(argv: list[str] | None = None) -> None:
     from dicomnode.receive.assembly import SeriesAssembler
     from dicomnode.receive.intake import Intake
     from dicomnode.receive.spool import SpoolLayout
+    from dicomnode.receive.store_handler import (
+        IntakeHandler,
+        listener_settings,
+        max_dataset_bytes,
+    )
 
     config = Config.model_validate_json(sys.stdin.buffer.read())
     node = config.node
@@ -237,9 +261,21 @@ def main(argv: list[str] | None = None) -> None:
 
     database = Database(node.resolved_database_url())
     layout = SpoolLayout(node.spool_dir, node.quarantine_dir)
-    intake = Intake(database, layout, int(node.min_free_mb * 2**20))
+    intake = Intake(
+        database,
+        layout,
+        int(node.min_free_mb * 2**20),
+        max_dataset_bytes=max_dataset_bytes(config),
+    )
     assembler = SeriesAssembler(database, config.rules, config.completion.quiet_seconds)
-    scp = StoreSCP(config, intake, assembler, max_associations=args.max_associations)
+    slots = Slots(
+        args.slots_fd,
+        args.processes,
+        args.index,
+        node.max_pending_connections,
+        node.max_associations,
+    )
+    scp = StoreSCP(listener_settings(config), IntakeHandler(config, intake, assembler), slots)
     scp.start(socket.socket(fileno=args.fd))
     os.write(args.ready_fd, b"R")
     os.close(args.ready_fd)

@@ -1,7 +1,9 @@
-"""The listener's association negotiation, read and written against pynetdicom's PDU codec.
+"""The listener's association negotiation, checked against pynetdicom's PDU codec as an
+independent reader and writer.
 
 storescu and echoscu exercise the same code end to end in test_receive; here the corner cases:
-rejected abstract and transfer syntaxes, the requestor's maximum PDU, malformed requests.
+rejected abstract and transfer syntaxes, the requestor's maximum PDU, malformed requests. The
+requestor's side of the same codec is in test_net_codec.
 """
 
 from __future__ import annotations
@@ -14,12 +16,12 @@ from pydicom.uid import (
     JPEGLSLossless,
     MRImageStorage,
 )
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 from pynetdicom.presentation import PresentationContext
 
 from dicomnode.net import acse
+from dicomnode.net.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomnode.net.scp import supported_contexts
 from dicomnode.net.ul import ProtocolError
 
@@ -68,7 +70,7 @@ def test_negotiation_accepts_ours_and_names_each_rejection() -> None:
     assert outcome[5][0] == acse.RESULT_ABSTRACT_SYNTAX_NOT_SUPPORTED
 
     encoded = acse.acceptance(
-        request, results, 0, PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+        request, results, 0, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
     )
     decoded = A_ASSOCIATE_AC()
     decoded.decode(encoded)
@@ -104,3 +106,11 @@ def test_verification_context_is_accepted_for_echo() -> None:
 def test_malformed_requests_are_protocol_errors(body: bytes, problem: str) -> None:
     with pytest.raises(ProtocolError, match=f"malformed A-ASSOCIATE-RQ: .*{problem}"):
         acse.read_request(body)
+
+
+def test_the_request_keeps_its_protocol_version() -> None:
+    """The listener rejects a version without bit 0 (test_net_listener); the decoder keeps it."""
+    body = bytearray(_request_body([(1, MRImageStorage, [ImplicitVRLittleEndian])], maximum=0))
+    body[0:2] = b"\x00\x02"
+    request = acse.read_request(bytes(body))
+    assert request.protocol_version == 2

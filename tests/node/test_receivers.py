@@ -113,3 +113,44 @@ def test_a_receiver_that_dies_is_replaced(tmp_path, brain):
         )
     finally:
         node.stop()
+
+
+def test_max_associations_holds_for_the_node_not_per_process(tmp_path):
+    """Before, each of 2 processes took 4 of 8: a scanner was refused while the node held fewer
+    than 8 whenever the kernel handed 5 connections to one process. Now all 8 are accepted
+    whichever process takes them, the 9th is refused (transient, local limit exceeded), and a
+    released association's slot is free at once."""
+    from dicomnode.net.acse import ProposedContext
+    from dicomnode.net.scu import AssociationError, StoreAssociation
+
+    node = RunningNode(
+        tmp_path / "node",
+        free_port(),
+        node_extra="receiver_processes = 2\nmax_associations = 8",
+    ).start()
+    verification = [ProposedContext(1, "1.2.840.10008.1.1", ("1.2.840.10008.1.2",))]
+
+    def associate() -> StoreAssociation:
+        return StoreAssociation.open(
+            "127.0.0.1", node.port, "SCANNER", "IQTNODE", verification, 5, 5
+        )
+
+    held: list[StoreAssociation] = []
+    try:
+        held = [associate() for _ in range(8)]
+        node.wait_for(
+            lambda: node.log_path.read_text().count('"association accepted"') == 8,
+            what="8 associations logged",
+        )
+        try:
+            associate().release()
+        except AssociationError as exc:
+            assert "Rejected (Transient)" in str(exc) and "Local limit exceeded" in str(exc)
+        else:
+            raise AssertionError("a 9th association was accepted")
+        held.pop().release()
+        held.append(associate())
+    finally:
+        for association in held:
+            association.release()
+        node.stop()
