@@ -84,6 +84,7 @@ def enhance(
         console.print(f"[config] {exc}", markup=False, highlight=False)
         raise typer.Exit(EXIT_REFUSED) from exc
 
+    from dicomnode.identity import stamp
     from pipeline.io import read_series, write_datasets
     from pipeline.run import enhance_series
 
@@ -112,6 +113,8 @@ def enhance(
             datasets = read_series(inputs)
             result = enhance_series(datasets, settings, model, progress=advance)
             advance("write")
+            for ds in result.datasets:
+                stamp(ds)
             paths = write_datasets(result.datasets, out)
             if preview is not None:
                 advance("preview")

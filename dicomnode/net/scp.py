@@ -53,6 +53,7 @@ from pydicom.uid import (
 from pynetdicom import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
+from dicomnode.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomnode.net import acse, ul
 from dicomnode.net.handler import (
     CANNOT_UNDERSTAND,
@@ -67,7 +68,6 @@ from dicomnode.net.handler import (
     Rejection,
     StoreStatus,
 )
-from dicomnode.net.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomnode.net.limits import ASSOCIATIONS, PENDING, Slots
 
 log = logging.getLogger("dicomnode.net.scp")

@@ -28,8 +28,8 @@ from typing import Any
 
 from pynetdicom.dsutils import split_dataset
 
+from dicomnode.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomnode.net import acse, ul
-from dicomnode.net.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 OUR_MAXIMUM_PDU = 65536  # responses are a few hundred bytes; this only bounds what we accept
 UNLIMITED_PDU_FRAGMENT = 1 << 20  # when the peer sets no limit, still send bounded PDUs

@@ -317,12 +317,14 @@ def write_outputs(datasets: list, folder: Path) -> list[OutputFile]:
     from io import BytesIO
 
     from dicomnode import durable
+    from dicomnode.identity import stamp
 
     tmp = folder / ".tmp"
     durable.make_dirs(tmp)  # the job's folder too, its name synced in outputs/
     outputs = []
     for ds in datasets:
         buffer = BytesIO()
+        stamp(ds)
         ds.save_as(buffer, enforce_file_format=True)
         target = folder / f"{ds.SOPInstanceUID}.dcm"
         durable.write(target, buffer.getbuffer(), tmp_dir=tmp)

@@ -26,8 +26,8 @@ from pynetdicom.pdu_primitives import (
     MaximumLengthNotification,
 )
 
+from dicomnode.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomnode.net import acse, ul
-from dicomnode.net.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomnode.net.limits import ASSOCIATIONS, PENDING, Slots
 from dicomnode.net.scp import ListenerSettings, StoreSCP, part10_header
 from dicomnode.net.scu import AssociationError, DatasetSource, StoreAssociation

@@ -128,3 +128,20 @@ def test_a_weights_file_whose_hash_changed_is_not_loaded():
 
     with pytest.raises(WeightsIntegrityError, match="sha256"):
         EngineCache("cpu", 1).get(_released_spec(sha256="0" * 64))
+
+
+def test_derived_files_name_us_in_their_meta(tmp_path):
+    """The derived series' files say whose bytes they are (our implementation UID and version),
+    not pydicom's, which builds them in pipeline.derive."""
+    import pydicom
+
+    from dicomnode.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+    from dicomnode.process.worker import write_outputs
+    from pipeline.sample import Acquisition, build_series
+
+    datasets = build_series(Acquisition(rows=16, columns=16, pixel_spacing=3.0, slices=2, seed=1))
+    written = write_outputs(datasets, tmp_path / "job-1")
+    for output in written:
+        meta = pydicom.dcmread(output.path, stop_before_pixels=True).file_meta
+        assert meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
+        assert meta.ImplementationVersionName == IMPLEMENTATION_VERSION_NAME
