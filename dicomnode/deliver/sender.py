@@ -30,6 +30,7 @@ from pynetdicom.presentation import build_context
 
 from dicomnode.config import Destination, TLSSettings
 from dicomnode.net.scu import AssociationError, DatasetSource, StoreAssociation
+from dicomnode.net.tls import client_context
 
 log = logging.getLogger("dicomnode.deliver.sender")
 
@@ -79,14 +80,8 @@ def outcome_of(status: int | None) -> str:
     return FAILURE
 
 
-def client_ssl_context(tls: TLSSettings) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.check_hostname = False  # PACS certificates name AE hosts inconsistently; CA pins
-    if tls.ca_certificates:
-        context.load_verify_locations(str(tls.ca_certificates))
-    context.load_cert_chain(str(tls.certificate), str(tls.private_key))
-    return context
+def _tls_context(tls: TLSSettings) -> ssl.SSLContext:
+    return client_context(tls.certificate, tls.private_key, tls.ca_certificates)
 
 
 def propose_contexts(items: Iterable[Item]) -> list:
@@ -165,7 +160,7 @@ class Sender:
                 propose_contexts(items),
                 connect_timeout=self.connect_timeout,
                 dimse_timeout=self.dimse_timeout,
-                ssl_context=client_ssl_context(dest.tls) if dest.tls is not None else None,
+                ssl_context=_tls_context(dest.tls) if dest.tls is not None else None,
             )
         except (AssociationError, OSError, ssl.SSLError) as exc:
             raise AssociationFailed(str(exc)) from None
