@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh ".[test,ants]" \
   dcmtk:storescu orthanc:Orthanc dicom3tools:dciodvfy systemd:systemd-analyze \
-  orthanc-dicomweb:/usr/share/orthanc/plugins/libOrthancDicomWeb.so \
+  libgdcm-tools:gdcmscu orthanc-dicomweb:/usr/share/orthanc/plugins/libOrthancDicomWeb.so \
   "postgresql:/usr/lib/postgresql/*/bin/initdb"
 # Two shipped whole heads the normalisation and bias tests read (models/brains.py): data only,
 # so without their heavy dependencies.
