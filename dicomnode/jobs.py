@@ -46,7 +46,8 @@ class RoutingDecision:
 #: ``transition`` refuses it rather than write a history that the runner's recovery and the
 #: operators' ``jobs`` commands would misread. QUEUED -> QUEUED re-queues a job as a
 #: ``forward`` when no model fits; FAILED -> STORED / QUEUED is ``dicomnode jobs retry``;
-#: PROCESSING -> QUEUED is recovery after a crash, a parked job at shutdown, or a worker death.
+#: PROCESSING -> QUEUED is recovery after a crash, a parked job at shutdown, or a worker death;
+#: STORED -> STORED is a job held for review put in the outbox by ``dicomnode jobs release``.
 TRANSITIONS: dict[str, frozenset[str]] = {
     JobState.RECEIVED: frozenset({JobState.COMPLETE, JobState.CANCELLED}),
     JobState.COMPLETE: frozenset({JobState.QUEUED, JobState.CANCELLED}),
@@ -56,7 +57,9 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     JobState.PROCESSING: frozenset(
         {JobState.QUEUED, JobState.STORED, JobState.FAILED, JobState.CANCELLED}
     ),
-    JobState.STORED: frozenset({JobState.DELIVERED, JobState.FAILED, JobState.CANCELLED}),
+    JobState.STORED: frozenset(
+        {JobState.STORED, JobState.DELIVERED, JobState.FAILED, JobState.CANCELLED}
+    ),
     JobState.FAILED: frozenset({JobState.STORED, JobState.QUEUED, JobState.CANCELLED}),
     JobState.DELIVERED: frozenset(),
     JobState.CANCELLED: frozenset(),
