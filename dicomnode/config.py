@@ -13,7 +13,15 @@ import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 if TYPE_CHECKING:
     from pipeline.settings import PipelineSettings
@@ -21,10 +29,38 @@ if TYPE_CHECKING:
 DEFAULT_CONFIG_PATH = Path("/etc/dicomnode/dicomnode.toml")
 CONFIG_ENV = "DICOMNODE_CONFIG"
 
-AETitle = Annotated[
-    str,
-    Field(min_length=1, max_length=16, pattern=r"^[^\\\x00-\x1f]*[^ \\\x00-\x1f][^\\\x00-\x1f]*$"),
-]
+AE_TITLE_LIMIT = 16
+
+
+def validate_ae_title(value: str) -> str:
+    """An AE title that can go on the wire (PS3.5 6.2, VR AE): 1 to 16 characters of printable
+    ASCII, no backslash, no leading or trailing space (peers strip the padding, so such a title
+    could never match). ValueError saying what is wrong, otherwise the title unchanged."""
+    if not value:
+        raise ValueError("AE title must not be empty")
+    if len(value) > AE_TITLE_LIMIT:
+        raise ValueError(f"AE title {value!r} is {len(value)} characters long; at most 16")
+    bad = sorted({c for c in value if not " " <= c <= "~" or c == "\\"})
+    if bad:
+        shown = ", ".join(_character(c) for c in bad)
+        raise ValueError(
+            f"AE title {value!r} contains {shown}: only printable ASCII characters other than "
+            "backslash are allowed"
+        )
+    if value != value.strip(" "):
+        raise ValueError(f"AE title {value!r} has leading or trailing spaces")
+    return value
+
+
+def _character(c: str) -> str:
+    if c == "\\":
+        return "a backslash"
+    if c.isascii():
+        return f"control character 0x{ord(c):02X}"
+    return f"non-ASCII character {c!r} (U+{ord(c):04X})"
+
+
+AETitle = Annotated[str, AfterValidator(validate_ae_title)]
 
 
 class _Strict(BaseModel):
@@ -34,7 +70,11 @@ class _Strict(BaseModel):
 
 
 class TLSSettings(_Strict):
-    """Paths to PEM files; with ``ca_certificates`` set, peers must present a certificate."""
+    """Paths to PEM files. For the listener (``[node.tls]``), with ``ca_certificates`` set,
+    peers must present a certificate from those CAs (or may, with
+    ``require_client_certificate = false``). For a destination, the node presents
+    ``certificate`` and verifies the destination's against ``ca_certificates``;
+    ``require_client_certificate`` is refused there (it would do nothing)."""
 
     certificate: Path
     private_key: Path
@@ -48,6 +88,19 @@ class TLSSettings(_Strict):
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"{name}: file not found: {path}")
         return self
+
+
+def _no_client_certificate_choice(value: Any) -> Any:
+    """A destination's ``tls`` table without ``require_client_certificate``: whether to ask the
+    peer for a certificate is the listener's choice; the node, as a requestor, always presents
+    its own and verifies the destination's, so the key would do nothing there."""
+    if isinstance(value, dict) and "require_client_certificate" in value:
+        raise ValueError(
+            "require_client_certificate: only [node.tls] (the listener) asks peers for a "
+            "certificate; a destination always gets the node's certificate and has its own "
+            "verified against ca_certificates. Remove this key here"
+        )
+    return value
 
 
 class AcceptSettings(_Strict):
@@ -159,6 +212,11 @@ class Destination(_Strict):
     host: str
     port: int = Field(ge=1, le=65535)
     tls: TLSSettings | None = None
+
+    @field_validator("tls", mode="before")
+    @classmethod
+    def _client_tls(cls, value: Any) -> Any:
+        return _no_client_certificate_choice(value)
 
 
 MatchValue = str | int | float | bool | list[str | int | float]

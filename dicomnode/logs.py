@@ -1,19 +1,60 @@
 """Structured logging: one JSON object per line, carrying UIDs and job ids as fields.
 
 Patient names and IDs never reach a log: the node only ever passes UIDs, AE titles, job ids and
-statuses as ``extra`` fields, and the formatter drops any field whose name suggests patient data
-in case a future caller slips.
+statuses as ``extra`` fields, and the formatter drops any field that names patient or other
+personal data, in case a future caller slips: a key is compared in lower case without
+underscores or other separators (``PatientName``, ``patient_name`` and ``patient-name`` are one
+key), and is dropped when it contains ``patient`` or ``birth`` or is one of the person
+attributes of ``PERSONAL_KEYS`` (physicians, operators, other persons' names, addresses,
+telephone numbers, accession number). Nothing else is dropped: a key that merely contains
+"name" (``implementation_version_name``, ``rule_name``) is kept.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import warnings
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()) | {"message"}
-_FORBIDDEN = ("patient", "name", "birth")
+# Any key containing these (after normalising) is personal: PatientName, PatientID,
+# IssuerOfPatientID, OtherPatientIDs, PatientBirthDate, PatientMotherBirthName, birth_date, ...
+_PERSONAL_WORDS = ("patient", "birth")
+# PS3.6 keywords of the other attributes that identify or describe a person, normalised
+PERSONAL_KEYS = frozenset(
+    {
+        "referringphysicianname",
+        "referringphysicianaddress",
+        "referringphysiciantelephonenumbers",
+        "performingphysicianname",
+        "nameofphysiciansreadingstudy",
+        "physiciansofrecord",
+        "requestingphysician",
+        "scheduledperformingphysicianname",
+        "consultingphysicianname",
+        "operatorsname",
+        "personname",
+        "personaddress",
+        "persontelephonenumbers",
+        "responsibleperson",
+        "accessionnumber",
+        "medicalrecordlocator",
+        "ethnicgroup",
+        "occupation",
+        "militaryrank",
+        "countryofresidence",
+        "regionofresidence",
+    }
+)
+_SEPARATORS = re.compile(r"[^a-z0-9]")
+
+
+def personal(key: str) -> bool:
+    """Whether a log field named ``key`` would carry patient or other personal data."""
+    normal = _SEPARATORS.sub("", key.lower())
+    return normal in PERSONAL_KEYS or any(word in normal for word in _PERSONAL_WORDS)
 
 
 class JsonFormatter(logging.Formatter):
@@ -27,7 +68,7 @@ class JsonFormatter(logging.Formatter):
         for key, value in vars(record).items():
             if key in _STANDARD or key.startswith("_"):
                 continue
-            if any(word in key.lower() for word in _FORBIDDEN):
+            if personal(key):
                 continue
             payload[key] = value
         if record.exc_info:

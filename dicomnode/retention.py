@@ -3,6 +3,10 @@ them the enhanced outputs their jobs wrote (``outputs/job-ID``), which the PACS 
 
 A series is only purged when none of its jobs is unfinished (a failed job stays retryable and
 so keeps its originals); the rows stay, marked purged, so the history remains queryable.
+Purging forgets no study: an instance sent again later (a scanner re-sending the series after
+``[retention] days``) is stored again by intake, its row taking the new file, and the series
+reopens as for a late instance (no longer purged, counted afresh), so it is processed again
+and its new files are purged in their turn.
 """
 
 from __future__ import annotations

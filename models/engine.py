@@ -28,6 +28,11 @@ class EngineInfo:
     version: str
     weights_sha256: str | None = None
     description: str = ""
+    learned: bool = True
+    """Whether a learned (AI) model made the output: the derived series then carries the AI
+    label. ``False`` for classical interpolation (``bspline``), which is labelled as such. True
+    unless an engine says otherwise, so an engine that does not say is never passed off as
+    plain interpolation."""
 
 
 @dataclass

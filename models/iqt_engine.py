@@ -83,6 +83,7 @@ class IQTEngine:
                 "weights_sha256 is the file's sha256 with one network, else the hash of the "
                 "lines '<file> <sha256>' of the files used (each file's hash in the notes)"
             ),
+            learned=True,
         )
 
     @classmethod

@@ -5,20 +5,23 @@ Image Orientation, Pixel Spacing, Slice Thickness and Frame of Reference added s
 ITK/GDCM can treat it as a 3D stack (dciodvfy reports these as warnings, not errors), or derived
 MR Image Storage for PACS that reformat only MR.
 
-Provenance on every instance: ImageType DERIVED\\SECONDARY, a SeriesDescription that starts
-with the AI label in plain words (``OutputSettings.ai_label``, "AI-enhanced") and names the
-engine and factor, the same label in ImageComments, DerivationDescription and the contribution
-description, DerivationDescription (engine, version, weights, factor, preprocessing),
-DerivationCodeSequence (DCM 113085 "Spatial resampling"), SourceImageSequence (purpose DCM 121322)
-naming the acquired slice each thin slice replaces and its two neighbours (the slices that shape
-it most), ReferencedSeriesSequence listing every source instance, ContributingEquipmentSequence
-with the acquiring scanner and this software (engine name, version and weights hash), and
-patient/study attributes (one list, ``PATIENT_STUDY``, for both formats), StudyInstanceUID and
-FrameOfReferenceUID copied from the source. A patient or study value that is not valid for its
-VR (a birth date "31.12.1931") is carried unchanged, as the PACS already holds it with the
-original series, and logged as a warning naming the attribute, never its value; it never fails
-the job. Optionally (``burn_in_label``) the label is also burned into a corner of every image,
-for viewers that show no series description (BurnedInAnnotation YES).
+Provenance on every instance: ImageType DERIVED\\SECONDARY, a SeriesDescription that starts with
+the label in plain words and names the engine and factor (``OutputSettings.ai_label``,
+"AI-enhanced", when a learned model made the images; ``interpolation_label``, "Interpolated", when
+a classical engine such as ``bspline`` did: see ``output_label``), the same label in ImageComments,
+DerivationDescription and the contribution description, DerivationDescription (engine, version,
+weights, factor, preprocessing), DerivationCodeSequence (DCM 113085 "Spatial resampling"),
+SourceImageSequence (purpose DCM 121322) naming the acquired slice each thin slice replaces and its
+two neighbours (the slices that shape it most), ReferencedSeriesSequence listing every source
+instance, ContributingEquipmentSequence with the acquiring scanner and this software (engine name,
+version and weights hash), and patient/study attributes (one list, ``PATIENT_STUDY``, for both
+formats), StudyInstanceUID and, when the source has one, FrameOfReferenceUID copied from the source
+(a source without it gives instances without a Frame of Reference), and the source's Specific
+Character Set (``output_character_set``). A patient or study value that is not valid for its VR (a
+birth date "31.12.1931") is carried unchanged, as the PACS already holds it with the original
+series, and logged as a warning naming the attribute, never its value; it never fails the job.
+Optionally (``burn_in_label``) the label is also burned into a corner of every image, for viewers
+that show no series description (BurnedInAnnotation YES).
 
 Pixel values: unsigned 16 bits as long as the source holds no negative values; a source with
 negative real-world values (PixelRepresentation 1, or a negative RescaleIntercept) gives signed
@@ -124,11 +127,12 @@ class Provenance:
         return f"data consistency {self.consistency_psnr_db:.1f} dB{verdict}"
 
     def derivation_description(self, label: str = "") -> str:
-        """What was done, led by the AI label so that it is the first thing a reader sees."""
+        """What was done, led by the label (``output_label``) so that a reader sees it first."""
         thin = self.source_slice_spacing / self.factor
         weights = self.engine.weights_sha256 or "none"
+        method = "super-resolution" if self.engine.learned else "interpolation"
         text = (
-            f"{label + ': ' if label else ''}Through-plane super-resolution x{self.factor} "
+            f"{label + ': ' if label else ''}Through-plane {method} x{self.factor} "
             f"({self.source_slice_spacing:.3g} mm -> {thin:.3g} mm slice spacing) by engine "
             f"{self.engine.name} {self.engine.version} (weights sha256 {weights}); "
             f"{self.consistency_text()}; preprocessing: {self.preprocessing}; "
@@ -169,7 +173,7 @@ def derive_series(
     array = pixel_values(enhanced, signed=source_has_negatives(volume))
     centre, width = window(array)
     if output.burn_in_label:
-        burn_in_label(array, output.ai_label, centre + width / 2)
+        burn_in_label(array, output_label(output, provenance.engine), centre + width / 2)
     series_uid = derived_series_uid(
         volume.series_instance_uid,
         (ref.sop_instance_uid for ref in volume.sources),
@@ -232,7 +236,7 @@ def _series_description(source: Dataset, provenance: Provenance, output: OutputS
     the source description is what gets shortened, never the label nor the engine and factor.
     A series needing review says so at the end, where the review marker has always been.
     """
-    head = f"{output.ai_label} "
+    head = f"{output_label(output, provenance.engine)} "
     tag = f" {output.description_suffix} {provenance.engine.name} x{provenance.factor}"
     if provenance.needs_review:
         tag += f" {output.review_marker}"
@@ -241,16 +245,34 @@ def _series_description(source: Dataset, provenance: Provenance, output: OutputS
     return " ".join((head + base[:room].strip() + tag).split())[:64]
 
 
+def output_label(output: OutputSettings, engine: EngineInfo) -> str:
+    """The plain-words label of the derived series: ``ai_label`` when a learned model made the
+    images, ``interpolation_label`` when a classical engine interpolated them (no AI)."""
+    return output.ai_label if engine.learned else output.interpolation_label
+
+
 def _image_comments(source: Dataset, provenance: Provenance, output: OutputSettings) -> str:
-    """The AI label in a sentence: what made the image, from what, and that it was not acquired."""
+    """The label in a sentence: what made the image, from what, and that it was not acquired.
+
+    Only a learned model is called an AI model; classical interpolation says that it is one.
+    """
     engine = provenance.engine
     number = source.get("SeriesNumber")
     series = f"series {number}" if number not in (None, "") else "the source series"
     review = "; flagged for review (low data consistency)" if provenance.needs_review else ""
+    if engine.learned:
+        made = (
+            f"computed by the AI model {engine.name} {engine.version} "
+            f"(through-plane super-resolution x{provenance.factor})"
+        )
+    else:
+        made = (
+            f"interpolated between the acquired slices by classical interpolation, no AI model "
+            f"(engine {engine.name} {engine.version}, through-plane x{provenance.factor})"
+        )
     return (
-        f"{output.ai_label}: computed by the AI model {engine.name} {engine.version} "
-        f"(through-plane super-resolution x{provenance.factor}) from {series}, not acquired "
-        f"by the scanner{review}. Compare with the original series."
+        f"{output_label(output, engine)}: {made} from {series}, not acquired by the "
+        f"scanner{review}. Compare with the original series."
     )
 
 
@@ -351,7 +373,9 @@ def _common(
         "ImageType": ["DERIVED", "SECONDARY", "OTHER"],
         "ImageComments": _image_comments(source, provenance, output),
         "BurnedInAnnotation": "YES" if burned else "NO",
-        "DerivationDescription": provenance.derivation_description(output.ai_label),
+        "DerivationDescription": provenance.derivation_description(
+            output_label(output, provenance.engine)
+        ),
         "DerivationCodeSequence": [derivation_code],
         "ReferencedSeriesSequence": referenced_series,
         "ContributingEquipmentSequence": _contributing_equipment(
@@ -388,7 +412,9 @@ def _contributing_equipment(
             institution_name=settings.output.institution_name,
             contribution_datetime=when,
             contribution_description=(
-                f"{settings.output.ai_label}: model {engine.name} version {engine.version} "
+                f"{output_label(settings.output, engine)}: "
+                f"{'model' if engine.learned else 'classical engine'} {engine.name} "
+                f"version {engine.version} "
                 f"weights sha256 {engine.weights_sha256 or 'none'}; factor {provenance.factor}; "
                 f"{provenance.consistency_text()}"
             ),
@@ -436,6 +462,22 @@ def _letters(vector: np.ndarray) -> str:
     return ("L", "P", "H")[axis] if positive else ("R", "A", "F")[axis]
 
 
+def output_character_set(source: Dataset) -> str | list[str]:
+    """The source's Specific Character Set, exactly as it was sent (``ISO_IR 100`` without one).
+
+    The copied patient and study values are in the source's repertoire, so the derived
+    instances name the same one; pydicom encodes every text value with it when the file is
+    written (ISO 2022 escape sequences included). The node's own text (labels, engine names,
+    the fixed English phrases) must then be encodable in it too: ASCII is, in every character
+    set pydicom knows (docs/conformance.md asks to keep the labels to ASCII).
+    """
+    value = source.get("SpecificCharacterSet")
+    if isinstance(value, str):
+        return value or "ISO_IR 100"
+    values = [str(v) for v in value or ()]
+    return values if any(values) else "ISO_IR 100"
+
+
 def _sc_instance(
     source: Dataset,
     pixels: np.ndarray,
@@ -456,6 +498,12 @@ def _sc_instance(
     and logs the patient values it copies, so highdicom is given the StudyInstanceUID only.
     It takes unsigned arrays only: signed pixels go in as the same bytes read unsigned and
     PixelRepresentation is set to 1 afterwards (two's complement, PS3.5 8.1.1).
+
+    Specific Character Set is set afterwards too, as on MR: highdicom accepts only the values
+    of its own list and refuses ``ISO_IR 6``, ``ISO 2022 IR 149`` and the usual multi-valued form
+    of the ISO 2022 code extensions (``\\ISO 2022 IR 87``, an empty first value), which a hospital
+    in Japan or Korea sends. Every text value is held decoded until the file is written, and
+    pydicom encodes it then with the character set the dataset names, escape sequences included.
     """
     signed = pixels.dtype == np.int16
     ds = hd.sc.SCImage(
@@ -480,8 +528,8 @@ def _sc_instance(
         content_time=when.time().replace(microsecond=0),
         series_date=when.date(),
         series_time=when.time().replace(microsecond=0),
-        specific_character_set=source.get("SpecificCharacterSet", "ISO_IR 100"),
     )
+    ds.SpecificCharacterSet = output_character_set(source)
     if signed:
         ds.PixelRepresentation = 1
     return ds
@@ -507,7 +555,7 @@ def _mr_instance(
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds = Dataset()
     ds.file_meta = meta
-    ds.SpecificCharacterSet = source.get("SpecificCharacterSet", "ISO_IR 100")
+    ds.SpecificCharacterSet = output_character_set(source)
     ds.SOPClassUID = MRImageStorage
     ds.SOPInstanceUID = sop_uid
     for keyword in _MR_ACQUISITION:

@@ -211,6 +211,7 @@ class BSplineEngine:
             version=self.VERSION,
             weights_sha256=None,
             description="cubic B-spline interpolation through-plane (scipy.ndimage)",
+            learned=False,
         )
 
     @property

@@ -163,6 +163,10 @@ class EnhanceSettings(_Strict):
     target_spacing_mm: float | None = Field(None, gt=0)
 
 
+INTERPOLATION_LABEL = "Interpolated"
+"""The default ``interpolation_label``."""
+
+
 class OutputSettings(_Strict):
     """How the derived series is written (``pipeline.derive``).
 
@@ -172,6 +176,11 @@ class OutputSettings(_Strict):
     the top-left corner of every image, for sites whose viewers show no series description (the
     instances then say BurnedInAnnotation YES); off by default because burned-in text cannot be
     hidden and covers anatomy.
+
+    ``ai_label`` is used only when a learned model made the images (``EngineInfo.learned``).
+    Classical interpolation (the ``bspline`` engine) is no AI, so its output carries
+    ``interpolation_label`` ("Interpolated") in the same places instead, and its ImageComments
+    say in plain words that the slices were interpolated without an AI model.
     """
 
     format: Literal["sc", "mr"] = "sc"
@@ -199,8 +208,18 @@ class OutputSettings(_Strict):
         pattern=r"^[^\\\x00-\x1f]+$",
         description="plain-words AI label in SeriesDescription, ImageComments and provenance",
     )
+    interpolation_label: str = Field(
+        INTERPOLATION_LABEL,
+        min_length=1,
+        max_length=24,
+        pattern=r"^[^\\\x00-\x1f]+$",
+        description="plain-words label in place of ai_label when a classical engine (no learned "
+        "model, e.g. bspline) made the images",
+    )
     burn_in_label: bool = Field(
-        False, description="also burn ai_label into a corner of every image (BurnedInAnnotation)"
+        False,
+        description="also burn the label (ai_label, or interpolation_label for a classical "
+        "engine) into a corner of every image (BurnedInAnnotation)",
     )
 
 
@@ -214,6 +233,14 @@ class PipelineSettings(_Strict):
     output: OutputSettings = Field(default_factory=OutputSettings)
 
     def digest(self) -> str:
-        """A stable hash of every setting, used in derived UIDs (see ``pipeline.uids``)."""
-        text = self.model_dump_json()
+        """A stable hash of every setting, used in derived UIDs (see ``pipeline.uids``).
+
+        ``interpolation_label`` counts only when it is changed from its default: it came after
+        the other settings, and leaving it out at its default keeps the digest, and so the
+        derived UIDs, of every configuration that existed before it.
+        """
+        exclude = None
+        if self.output.interpolation_label == INTERPOLATION_LABEL:
+            exclude = {"output": {"interpolation_label"}}
+        text = self.model_dump_json(exclude=exclude)
         return hashlib.sha256(text.encode()).hexdigest()

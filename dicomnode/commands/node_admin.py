@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import signal
 import threading
@@ -12,7 +13,14 @@ from typing import Annotated
 import typer
 
 from dicomnode.commands.common import ConfigOption, console, fail, load_or_exit
-from dicomnode.config import ConfigError, load_config
+from dicomnode.config import (
+    CONFIG_ENV,
+    Config,
+    ConfigError,
+    config_path,
+    load_config,
+    validate_ae_title,
+)
 
 log = logging.getLogger("dicomnode.serve")
 
@@ -88,37 +96,90 @@ def db_upgrade(config: ConfigOption = None) -> None:
     console.print(f"database at revision {revision}", highlight=False)
 
 
-_PEER = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d+)$")
+_PEER = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>[^:]+|\[[^\]]+\]):(?P<port>\d+)$")
+
+
+def _echo_config(explicit: Path | None) -> Config:
+    """The configuration ``echo`` takes its AE title and destinations from: ``--config`` or
+    ``$DICOMNODE_CONFIG`` when given (which must be valid), else the system-wide file when it
+    exists, else the defaults (a verification tool must work before the node is set up)."""
+    path = config_path(explicit)
+    if explicit is None and CONFIG_ENV not in os.environ and not path.exists():
+        return Config()
+    return load_or_exit(explicit)
 
 
 def echo(
-    peer: Annotated[str, typer.Argument(help="AET@HOST:PORT")],
-    calling_ae: Annotated[str, typer.Option("--calling-ae", help="Our AE title.")] = "IQTNODE",
-    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 10.0,
+    peer: Annotated[
+        str,
+        typer.Argument(help="AET@HOST:PORT, or the name of a [[destinations]] entry."),
+    ],
+    calling_ae: Annotated[
+        str | None,
+        typer.Option(
+            "--calling-ae", help="Our AE title (default: [node] ae_title of the configuration)."
+        ),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait, per step.")] = 10.0,
+    config: ConfigOption = None,
 ) -> None:
-    """C-ECHO a DICOM peer and report the status and round-trip time."""
+    """C-ECHO a DICOM peer and report the status and round-trip time.
+
+    It speaks as the node does (dicomnode.net): our implementation class UID and version name,
+    the calling AE title of [node] ae_title, and the TLS settings of the destination it names
+    (by name, or by the same AE title, host and port).
+    """
     import time
 
-    from pynetdicom import AE
-    from pynetdicom.sop_class import Verification
+    from dicomnode.net.scu import AssociationError, verify
+    from dicomnode.net.tls import client_context
 
+    settings = _echo_config(config)
+    destinations = {d.name: d for d in settings.destinations}
     match = _PEER.match(peer)
-    if not match:
-        raise fail(f"peer must look like AET@HOST:PORT, got {peer!r}")
-    ae = AE(ae_title=calling_ae)
-    ae.add_requested_context(Verification)
-    ae.acse_timeout = ae.network_timeout = ae.dimse_timeout = timeout
-    start = time.perf_counter()
-    assoc = ae.associate(match["host"], int(match["port"]), ae_title=match["aet"])
-    if not assoc.is_established:
-        reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no answer"
-        raise fail(f"association with {peer} failed: {reason}")
+    if match:
+        called, host, port = match["aet"], match["host"].strip("[]"), int(match["port"])
+        destination = next(
+            (
+                d
+                for d in settings.destinations
+                if (d.ae_title, d.host, d.port) == (called, host, port)
+            ),
+            None,
+        )
+    elif peer in destinations:
+        destination = destinations[peer]
+        called, host, port = destination.ae_title, destination.host, destination.port
+    else:
+        raise fail(
+            f"peer must look like AET@HOST:PORT or name a destination of the configuration, "
+            f"got {peer!r}"
+        )
+    calling = settings.node.ae_title if calling_ae is None else calling_ae
     try:
-        status = assoc.send_c_echo()
-    finally:
-        assoc.release()
+        validate_ae_title(calling)
+        validate_ae_title(called)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    tls = destination.tls if destination is not None else None
+    label = f"{called}@{host}:{port}"
+    try:
+        context = (
+            client_context(tls.certificate, tls.private_key, tls.ca_certificates) if tls else None
+        )
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise fail(f"TLS settings of destination {destination.name!r}: {exc}") from None
+    start = time.perf_counter()
+    try:
+        response = verify(host, port, calling, called, timeout, context)
+    except AssociationError as exc:
+        raise fail(f"association with {label} (calling AE {calling}) failed: {exc}") from None
     elapsed = (time.perf_counter() - start) * 1000
-    code = getattr(status, "Status", None)
-    if code != 0:
-        raise fail(f"C-ECHO to {peer} answered status {code}")
-    console.print(f"C-ECHO {peer}: Success in {elapsed:.0f} ms", highlight=False)
+    if response.status != 0:
+        comment = f" ({response.error_comment})" if response.error_comment else ""
+        raise fail(f"C-ECHO to {label} answered status 0x{response.status:04X}{comment}")
+    over = " over TLS" if context is not None else ""
+    console.print(
+        f"C-ECHO {label}: Success in {elapsed:.0f} ms (calling AE {calling}{over})",
+        highlight=False,
+    )

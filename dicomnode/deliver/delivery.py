@@ -6,16 +6,18 @@ retry schedule (``attempts``, ``next_attempt_at``) lives in the database, so a r
 where it stopped. Each destination has its own worker thread, so a destination that is down only
 delays its own rows, never the others nor intake.
 
-A row is ``sent`` on a success or warning status (the warning is kept in ``last_error``); any
-other outcome counts an attempt and schedules the next after an exponential backoff
-(``[delivery] initial_backoff_seconds`` doubling up to ``max_backoff_seconds``); after
-``max_attempts`` the row is ``failed``. When an association is lost mid-batch (the destination
-aborts, stalls past the DIMSE timeout or closes on one instance), only that instance counts the
-attempt: the rows behind it were never sent, so they are due again at once with their count
-unchanged, and an instance a destination cannot take never walks the innocent rows of its batch
-towards ``max_attempts``. When no association can be established at all, every due row of the
-destination counts the attempt. When no row of a job is pending any more the job becomes
-``delivered`` (all sent) or ``failed`` with the reason; ``dicomnode jobs retry ID`` re-arms it.
+A row is ``sent`` on a success or warning status (the warning is kept in ``last_error``). A
+failure status that no retry can change (``sender.permanent_failure``: 0xA9xx, 0xCxxx, 0x0122)
+fails the row at once, after that one attempt. Any other outcome counts an attempt and
+schedules the next after an exponential backoff (``[delivery] initial_backoff_seconds``
+doubling up to ``max_backoff_seconds``); after ``max_attempts`` the row is ``failed``. When an
+association is lost mid-batch (the destination aborts, stalls past the DIMSE timeout or closes
+on one instance), only that instance counts the attempt: the rows behind it were never sent, so
+they are due again at once with their count unchanged, and an instance a destination cannot
+take never walks the innocent rows of its batch towards ``max_attempts``. When no association
+can be established at all, every due row of the destination counts the attempt. When no row of
+a job is pending any more the job becomes ``delivered`` (all sent) or ``failed`` with the
+reason; ``dicomnode jobs retry ID`` re-arms it.
 
 Results are committed in small groups (at most ``FLUSH_EVERY`` instances or ``FLUSH_SECONDS``)
 and always before a worker stops, so SIGTERM loses nothing; after a hard kill at most that many
@@ -45,6 +47,7 @@ from db.session import Database
 from dicomnode.config import Config, DeliverySettings, Destination
 from dicomnode.deliver.sender import (
     FAILURE,
+    REFUSED,
     UNSENT,
     WARNING,
     AssociationFailed,
@@ -395,7 +398,9 @@ class DestinationWorker:
                 row.last_attempt_at = now
                 row.last_status = result.status
                 row.converted = row.converted or result.converted
-                if result.outcome != FAILURE:
+                if result.outcome == REFUSED:  # the same bytes will never be taken
+                    self._fail_now(row, result.error or "refused", now)
+                elif result.outcome != FAILURE:
                     row.state = DeliveryState.SENT
                     row.sent_at = now
                     row.last_error = result.error if result.outcome == WARNING else None
@@ -404,6 +409,22 @@ class DestinationWorker:
                     self._schedule_retry(row, result.error or "failure", now)
             for job_id in sorted(jobs):
                 settle(session, job_id)
+
+    def _fail_now(self, row: Delivery, error: str, now: dt.datetime) -> None:
+        row.last_error = error
+        row.state = DeliveryState.FAILED
+        self.last_failure = now
+        self.last_error = error
+        log.warning(
+            "instance refused by the destination; not retried",
+            extra={
+                "destination": self.name,
+                "delivery_id": row.id,
+                "job_id": row.job_id,
+                "sop_instance_uid": row.sop_instance_uid,
+                "status": f"0x{row.last_status:04X}" if row.last_status is not None else None,
+            },
+        )
 
     def _schedule_retry(self, row: Delivery, error: str, now: dt.datetime) -> None:
         row.last_error = error

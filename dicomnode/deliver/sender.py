@@ -39,11 +39,27 @@ MAX_CONTEXTS = 128
 SUCCESS = "success"
 WARNING = "warning"
 FAILURE = "failure"
+"""A failure another attempt may cure (out of resources, processing failure, no response)."""
+REFUSED = "refused"
+"""A failure status that says the same bytes will never be stored (``PERMANENT_FAILURE``): the
+outbox fails the instance at once, with no further attempt."""
 UNSENT = "unsent"
 """Not tried: the association was lost at an earlier instance of the batch (aborted, timed out,
 closed), which alone counts the failed attempt; the outbox sends this one again without one."""
 # C-STORE warning statuses (PS3.4 B.2.3): coercion, elements discarded, not validated
 WARNING_STATUSES = {0x0001, 0xB000, 0xB006, 0xB007}
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+
+
+def permanent_failure(status: int) -> bool:
+    """C-STORE failure statuses that no retry can change (PS3.4 B.2.3, PS3.7 C): 0xA9xx data
+    set does not match SOP class, 0xCxxx cannot understand, 0x0122 SOP class not supported.
+    The others (0xA7xx out of resources, 0x0110 processing failure, ...) may pass later."""
+    return (
+        status == SOP_CLASS_NOT_SUPPORTED
+        or (status & 0xFF00) == 0xA900
+        or (status & 0xF000) == 0xC000
+    )
 
 
 @dataclass(frozen=True)
@@ -60,7 +76,7 @@ class Item:
 @dataclass(frozen=True)
 class Result:
     key: object
-    outcome: str  # success | warning | failure | unsent
+    outcome: str  # success | warning | failure | refused | unsent
     status: int | None
     error: str | None = None
     converted: bool = False
@@ -77,6 +93,8 @@ def outcome_of(status: int | None) -> str:
         return SUCCESS
     if status in WARNING_STATUSES or (status & 0xF000) == 0xB000:
         return WARNING
+    if permanent_failure(status):
+        return REFUSED
     return FAILURE
 
 
@@ -228,6 +246,8 @@ class Sender:
             error = f"status 0x{response.status:04X}"
             if response.error_comment:
                 error += f": {response.error_comment}"
+            if outcome == REFUSED:
+                error += " (not retried: a retry cannot succeed)"
         return Result(item.key, outcome, response.status, error, converted)
 
 

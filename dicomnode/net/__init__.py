@@ -8,6 +8,6 @@ which it plugs in with a ``handler.Handler``, and delivery through the requestor
 - ``acse``: A-ASSOCIATE-RQ/AC, one codec for both directions, and the negotiation;
 - ``identity``: our Implementation Class UID and Version Name;
 - ``handler``: what the listener asks the application, and an access policy;
-- ``limits``: pending-connection and association slots shared by listener processes;
+- ``limits``: pending, refused-address and association slots shared by listener processes;
 - ``tls``: server and client TLS contexts.
 """

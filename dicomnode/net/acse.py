@@ -143,7 +143,7 @@ def read_request(body: bytes | bytearray) -> AssociateRequest:
     try:
         return _read_request(body)
     except ProtocolError as exc:
-        raise ProtocolError(f"malformed A-ASSOCIATE-RQ: {exc}") from None
+        raise ProtocolError(f"malformed A-ASSOCIATE-RQ: {exc}", exc.reason) from None
 
 
 def _read_request(body: bytes | bytearray) -> AssociateRequest:
@@ -249,7 +249,7 @@ def read_acceptance(body: bytes | bytearray) -> AssociateAccept:
     try:
         return _read_acceptance(body)
     except ProtocolError as exc:
-        raise ProtocolError(f"malformed A-ASSOCIATE-AC: {exc}") from None
+        raise ProtocolError(f"malformed A-ASSOCIATE-AC: {exc}", exc.reason) from None
 
 
 def _read_acceptance(body: bytes | bytearray) -> AssociateAccept:

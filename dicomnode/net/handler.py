@@ -1,8 +1,13 @@
 """How an application plugs into the listener (``scp.StoreSCP``).
 
 The listener owns the wire: PDUs, negotiation, deadlines, slots, the size limit, C-ECHO. It
-asks the application three things through a ``Handler``, each from the association's thread:
+asks the application three things through a ``Handler``, each from the association's thread,
+and a fourth, optional one from its accept loop:
 
+- ``address_allowed`` (optional; without it every address is): may a peer at this IP address
+  associate at all? Asked at TCP accept, before anything is read, so that a refused address
+  takes a slot from the listener's small budget for refused connections and never one of the
+  pending slots that allowed peers need. It must be quick and must not block.
 - ``association_requested``: a peer asks for an association (who, from where): None accepts,
   a ``Rejection`` is sent as the A-ASSOCIATE-RJ. Asked before the association takes a slot.
 - ``instance_arrived``: a C-STORE's dataset arrived whole (as a Part 10 file: preamble, our
@@ -11,8 +16,8 @@ asks the application three things through a ``Handler``, each from the associati
 - ``association_ended``: an accepted association ended, released by the peer or not; called
   after its slot was given back.
 
-``AccessPolicy`` is the usual answer to the first: our AE title, and optionally the calling AE
-titles and source networks allowed.
+``AccessPolicy`` answers the first two: our AE title, and optionally the calling AE titles and
+source networks allowed (``address_allowed`` at accept, ``check`` once the request is read).
 """
 
 from __future__ import annotations
@@ -76,6 +81,8 @@ class StoreStatus:
 
 
 class Handler(Protocol):
+    # optional: def address_allowed(self, peer: str) -> bool (see the module's docstring)
+
     def association_requested(self, association: Association) -> Rejection | None: ...
 
     def instance_arrived(self, arrival: Arrival) -> StoreStatus: ...
@@ -125,6 +132,9 @@ class AccessPolicy:
         return None
 
     def address_allowed(self, address: str) -> bool:
+        """Whether ``address`` is in one of the source networks (True when none are set)."""
+        if not self.networks:
+            return True
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:

@@ -14,8 +14,14 @@ Bounds, so that no peer can take more than its share:
   the node; beyond it a connection is closed at once) and must deliver its A-ASSOCIATE-RQ
   within ``association_request_timeout_seconds``; only an accepted association takes one of
   the ``max_associations`` slots, and gives it back as soon as it ends;
-- threads: one per pending connection or association, so at most the sum of the two limits;
-- every later PDU must arrive whole within ``network_timeout_seconds`` of the wait for it;
+- a connection from a source address the handler refuses (``address_allowed``, asked at TCP
+  accept) holds a *refused* slot instead (``max_refused_connections`` across the node, a small
+  budget; beyond it it is closed at once): it still gets its A-ASSOCIATE-RJ, and can never
+  take a pending slot from an allowed scanner;
+- threads: one per pending or refused connection or association, so at most the sum of the
+  three limits;
+- every later PDU must arrive whole within ``network_timeout_seconds`` of the wait for it, and
+  a P-DATA-TF PDU must be no longer than the ``max_pdu_size`` we advertised (when not 0);
 - a C-STORE dataset over ``max_dataset_bytes`` is refused with 0xA700 (out of resources): its
   fragments are kept only while the running total is under the limit, the rest is read and
   dropped, then the refusal is sent.
@@ -68,7 +74,13 @@ from dicomnode.net.handler import (
     Rejection,
     StoreStatus,
 )
-from dicomnode.net.limits import ASSOCIATIONS, PENDING, Slots
+from dicomnode.net.limits import (
+    ASSOCIATIONS,
+    MAX_REFUSED_CONNECTIONS,
+    PENDING,
+    REFUSED,
+    Slots,
+)
 
 log = logging.getLogger("dicomnode.net.scp")
 
@@ -113,11 +125,12 @@ class ListenerSettings:
     ae_title: str
     bind_address: str = "0.0.0.0"
     port: int = 11112
-    max_pdu_size: int = 0  # advertised in the A-ASSOCIATE-AC; 0: no limit
+    max_pdu_size: int = 0  # advertised in the A-ASSOCIATE-AC and enforced on P-DATA-TF; 0: none
     network_timeout_seconds: float = 60.0  # per whole PDU, the wait for it included
     association_request_timeout_seconds: float = 10.0  # TCP accept to whole A-ASSOCIATE-RQ
     max_associations: int = 16  # across every process sharing the Slots
     max_pending_connections: int = 32  # ditto
+    max_refused_connections: int = MAX_REFUSED_CONNECTIONS  # ditto, from refused addresses
     max_dataset_bytes: int = 512 * 2**20
     ssl_context: ssl.SSLContext | None = None
     contexts: Mapping[str, Sequence[str]] | None = None  # None: supported_contexts()
@@ -145,14 +158,23 @@ class StoreSCP:
         self._active: dict[int, _Association] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
-        self._refused = 0
-        self._refusal_logged = -REFUSAL_LOG_SECONDS
+        # connections closed at accept, per slot kind: (closed since the last line, logged at)
+        self._closed_at_accept = {
+            PENDING: [0, -REFUSAL_LOG_SECONDS],
+            REFUSED: [0, -REFUSAL_LOG_SECONDS],
+        }
+        self._address_allowed = getattr(handler, "address_allowed", None)
         self.stopping = threading.Event()
 
     def _new_slots(self) -> Slots:
         """A table of our own, when no receiver pool shares one with us."""
         settings = self.settings
-        return Slots.create(1, settings.max_pending_connections, settings.max_associations)
+        return Slots.create(
+            1,
+            settings.max_pending_connections,
+            settings.max_associations,
+            max_refused=settings.max_refused_connections,
+        )
 
     def start(self, shared: socket.socket | None = None) -> None:
         settings = self.settings
@@ -209,7 +231,7 @@ class StoreSCP:
         return int(self._socket.getsockname()[1])
 
     def connections(self) -> int:
-        """Connections of this process now served (pending or associated)."""
+        """Connections of this process now served (pending, refused or associated)."""
         with self._lock:
             return len(self._active)
 
@@ -237,11 +259,12 @@ class StoreSCP:
                 time.sleep(0.1)
                 return
             peer = str(address[0])
-            if not self.slots.take(PENDING):
-                self._refuse_pending(raw, peer)
+            kind = PENDING if self._allowed(peer) else REFUSED
+            if not self.slots.take(kind):
+                self._close_at_accept(raw, peer, kind)
                 continue
             number = next(self._ids)
-            association = _Association(self, raw, peer, number)
+            association = _Association(self, raw, peer, number, kind)
             with self._lock:
                 self._active[number] = association
             threading.Thread(
@@ -251,21 +274,33 @@ class StoreSCP:
                 daemon=True,
             ).start()
 
-    def _refuse_pending(self, raw: socket.socket, peer: str) -> None:
+    def _allowed(self, peer: str) -> bool:
+        """Whether the handler lets this source address associate (asked before any read)."""
+        if self._address_allowed is None:
+            return True
+        try:
+            return bool(self._address_allowed(peer))
+        except Exception:  # noqa: BLE001 - the accept loop must go on; the RQ check decides
+            log.exception("address check failed", extra={"peer": peer})
+            return True
+
+    def _close_at_accept(self, raw: socket.socket, peer: str, kind: int) -> None:
+        """Close a connection beyond its budget: nothing read or sent; one log line per
+        period with the count (the peer's address and the limit, no patient data)."""
         raw.close()
-        self._refused += 1
+        counter = self._closed_at_accept[kind]
+        counter[0] += 1
         now = time.monotonic()
-        if now - self._refusal_logged >= REFUSAL_LOG_SECONDS:
-            log.warning(
-                "connection closed: too many connections awaiting association",
-                extra={
-                    "peer": peer,
-                    "refused": self._refused,
-                    "max_pending_connections": self.settings.max_pending_connections,
-                },
-            )
-            self._refusal_logged = now
-            self._refused = 0
+        if now - counter[1] < REFUSAL_LOG_SECONDS:
+            return
+        if kind == REFUSED:
+            message = "connection closed: too many connections from refused addresses"
+            limit = {"max_refused_connections": self.settings.max_refused_connections}
+        else:
+            message = "connection closed: too many connections awaiting association"
+            limit = {"max_pending_connections": self.settings.max_pending_connections}
+        log.warning(message, extra={"peer": peer, "refused": counter[0], **limit})
+        counter[0], counter[1] = 0, now
 
     def _serve(self, association: _Association, number: int) -> None:
         try:
@@ -279,7 +314,9 @@ class StoreSCP:
 class _Association:
     """One accepted connection, from TCP accept to release, abort or closed socket."""
 
-    def __init__(self, scp: StoreSCP, sock: socket.socket, peer: str, number: int):
+    def __init__(
+        self, scp: StoreSCP, sock: socket.socket, peer: str, number: int, slot: int = PENDING
+    ):
         self.scp = scp
         self.settings = scp.settings
         self.sock = sock
@@ -293,7 +330,8 @@ class _Association:
         self.peer_maximum_pdu = 0
         self.stored = 0
         self.reader = ul.PDUReader(sock)
-        self.slot: int | None = PENDING
+        self.slot: int | None = slot
+        self.refused_address = slot == REFUSED  # the handler refused the source at accept
         self._ended = False
         # the message being received
         self.command: ul.Command | None = None
@@ -349,9 +387,13 @@ class _Association:
             else:
                 log.warning("association aborted: network timeout", extra=self._extra())
                 self._abort(ul.ABORT_SOURCE_PROVIDER, ul.ABORT_REASON_NOT_SPECIFIED)
+        except _PeerAbortedEarly:
+            log.info("connection aborted by the peer before association", extra=self._extra())
         except ul.ProtocolError as exc:
-            log.warning("association aborted: %s", exc, extra=self._extra())
-            self._abort(ul.ABORT_SOURCE_PROVIDER, ul.ABORT_INVALID_PARAMETER)
+            log.warning(
+                "association aborted: %s", exc, extra={**self._extra(), "abort_reason": exc.reason}
+            )
+            self._abort(ul.ABORT_SOURCE_PROVIDER, exc.reason)
         except ssl.SSLError as exc:
             log.warning("connection ended: TLS: %s", exc.reason or exc, extra=self._extra())
         except OSError as exc:
@@ -373,8 +415,10 @@ class _Association:
             self._handshake(settings.ssl_context, deadline)
         self.reader.deadline = deadline
         kind, length = self.reader.header()
+        if kind == ul.PDU_ABORT:  # PS3.8 AA-2: an A-ABORT is never answered; just close
+            raise _PeerAbortedEarly
         if kind != ul.PDU_ASSOCIATE_RQ:
-            raise ul.ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type 0x{kind:02X}")
+            raise ul.unexpected(kind, "where an A-ASSOCIATE-RQ belongs")
         if length > ul.CONTROL_PDU_LIMIT:
             raise ul.ProtocolError(f"A-ASSOCIATE-RQ of {length} bytes")
         request = acse.read_request(self.reader.take(length))
@@ -388,6 +432,13 @@ class _Association:
             implementation_version_name=request.implementation_version_name,
         )
         refusal = self._refusal(request, association)
+        if refusal is None and self.refused_address:  # refused at accept: never associated
+            refusal = Rejection(
+                acse.REJECT_PERMANENT,
+                acse.SOURCE_SERVICE_USER,
+                acse.USER_NO_REASON,
+                "source address not allowed",
+            )
         if refusal is not None:
             self._reject(refusal)
             return False
@@ -401,7 +452,7 @@ class _Association:
                 )
             )
             return False
-        self.scp.slots.give_back(PENDING)
+        self._free_slot()
         self.slot = ASSOCIATIONS
         self.association = association
         results = acse.negotiate(request.contexts, self.scp.contexts)
@@ -500,12 +551,20 @@ class _Association:
         """Serve requests until the peer releases (return) or aborts (_PeerAborted)."""
         reader = self.reader
         timeout = self.settings.network_timeout_seconds
+        maximum = self.settings.max_pdu_size
         while True:
             reader.begin(timeout)
             kind, length = reader.header()
             if kind == ul.PDU_DATA:
+                if maximum and length > maximum:  # PS3.8 D.1: beyond what we advertised
+                    raise ul.ProtocolError(
+                        f"P-DATA-TF of {length} bytes exceeds the maximum length {maximum} "
+                        "negotiated"
+                    )
                 self._data(length)
                 continue
+            if kind not in ul.KNOWN_PDU_TYPES:
+                raise ul.unexpected(kind, "on an established association")
             if length > ul.CONTROL_PDU_LIMIT:
                 raise ul.ProtocolError(f"PDU type 0x{kind:02X} of {length} bytes")
             reader.skip(length)
@@ -516,7 +575,7 @@ class _Association:
             if kind == ul.PDU_ABORT:
                 # Series it touched complete by count or quiet period, not by release.
                 raise _PeerAborted
-            raise ul.ProtocolError(f"unexpected PDU type 0x{kind:02X}")
+            raise ul.unexpected(kind, "on an established association")
 
     def _data(self, length: int) -> None:
         """The PDV items of one P-DATA-TF PDU, read one by one; a dataset fragment is kept
@@ -535,7 +594,10 @@ class _Association:
                 raise ul.ProtocolError(f"presentation context {context_id} was not accepted")
             if control & ul.CONTROL_COMMAND:
                 if self.command is not None:
-                    raise ul.ProtocolError("a command fragment where a dataset was expected")
+                    raise ul.ProtocolError(
+                        "a command fragment where a dataset was expected",
+                        ul.ABORT_UNEXPECTED_PARAMETER,
+                    )
                 self.command_size += size
                 if self.command_size > COMMAND_LIMIT:
                     raise ul.ProtocolError(f"command set over {COMMAND_LIMIT} bytes")
@@ -550,7 +612,9 @@ class _Association:
                         self._dispatch(command, context_id, None)
                 continue
             if self.command is None or context_id != self.command_context:
-                raise ul.ProtocolError("a dataset fragment without its command")
+                raise ul.ProtocolError(
+                    "a dataset fragment without its command", ul.ABORT_UNEXPECTED_PARAMETER
+                )
             self.dataset_size += size
             if self.dataset_size > limit:
                 self.dataset_parts = []  # what was kept goes now; the rest is never kept
@@ -725,6 +789,10 @@ class _Association:
 
 class _PeerAborted(Exception):
     """The peer sent an A-ABORT."""
+
+
+class _PeerAbortedEarly(Exception):
+    """The peer sent an A-ABORT where its A-ASSOCIATE-RQ belonged."""
 
 
 def part10_header(

@@ -1,4 +1,8 @@
-"""A blocking C-STORE association: one socket, one thread, one request in flight.
+"""A blocking requestor association: one socket, one thread, one request in flight.
+
+It carries the sender's C-STOREs (``dicomnode.deliver.sender``) and the C-ECHO of
+``dicomnode echo`` (``verify``), so both present our identity (``dicomnode.identity``) and
+speak TLS the same way.
 
 Why not pynetdicom's ``Association``: it runs a DUL thread and a reactor thread that hand every
 PDU over through queues and poll with sleeps, and builds each request through validated
@@ -21,7 +25,7 @@ import os
 import socket
 import ssl
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +41,9 @@ WHOLE_READ_BYTES = 8 * 2**20
 READ_BUFFER_BYTES = 2 * OUR_MAXIMUM_PDU + ul.PDU_HEADER
 READ_CHUNK_PDUS = 16  # PDUs read from disk and handed to the kernel at a time
 PRIORITY_MEDIUM = 0x0000
+VERIFICATION = "1.2.840.10008.1.1"
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 
 
 class AssociationError(Exception):
@@ -89,8 +96,19 @@ def store_command(sop_class_uid: str, sop_instance_uid: str, message_id: int) ->
     )
 
 
+def echo_command(message_id: int) -> bytes:
+    """The C-ECHO-RQ command set (PS3.7 9.3.5.1), implicit VR little endian."""
+    return ul.command_set(
+        ul.element(ul.TAG_AFFECTED_SOP_CLASS, VERIFICATION.encode("ascii")),
+        ul.element(ul.TAG_COMMAND_FIELD, ul.us(ul.C_ECHO_RQ)),
+        ul.element(ul.TAG_MESSAGE_ID, ul.us(message_id)),
+        ul.element(ul.TAG_DATASET_TYPE, ul.us(ul.NO_DATASET)),
+    )
+
+
 class StoreAssociation:
-    """An established association on which C-STORE requests are sent one at a time."""
+    """An established association on which C-STORE (or C-ECHO) requests are sent one at a
+    time."""
 
     def __init__(
         self,
@@ -180,10 +198,27 @@ class StoreAssociation:
         dataset: DatasetSource,
     ) -> StoreResponse:
         """Send one C-STORE-RQ and wait for its response; AssociationError if the link fails."""
-        try:
+
+        def exchange() -> StoreResponse:
             command = store_command(sop_class_uid, sop_instance_uid, message_id)
             self._send_request(context_id, command, dataset)
-            return self._read_response(message_id)
+            return self._read_response(ul.C_STORE_RSP, message_id)
+
+        return self._exchange(exchange)
+
+    def echo(self, context_id: int, message_id: int) -> StoreResponse:
+        """Send one C-ECHO-RQ and wait for its response; AssociationError if the link fails."""
+
+        def exchange() -> StoreResponse:
+            self._send_request(context_id, echo_command(message_id), None)
+            return self._read_response(ul.C_ECHO_RSP, message_id)
+
+        return self._exchange(exchange)
+
+    def _exchange(self, work: Callable[[], StoreResponse]) -> StoreResponse:
+        """One request and its response; a failure of the link ends the association."""
+        try:
+            return work()
         except AssociationError:
             self._close()
             raise
@@ -194,9 +229,12 @@ class StoreAssociation:
             self.abort()
             raise AssociationError(f"{type(exc).__name__}: {exc}") from None
 
-    def _send_request(self, context_id: int, command: bytes, dataset: DatasetSource) -> None:
+    def _send_request(self, context_id: int, command: bytes, dataset: DatasetSource | None) -> None:
         buffers: list[bytes | memoryview] = []
         ul.frame(buffers, context_id, command, self._fragment, command=True, ends=True)
+        if dataset is None:
+            ul.send(self._sock, buffers, self._timeout)
+            return
         if dataset.data is not None:
             ul.frame(buffers, context_id, dataset.data, self._fragment, command=False, ends=True)
             ul.send(self._sock, buffers, self._timeout)
@@ -228,7 +266,7 @@ class StoreAssociation:
             )
         return kind, self._reader.take(length)
 
-    def _read_response(self, message_id: int) -> StoreResponse:
+    def _read_response(self, field: int, message_id: int) -> StoreResponse:
         parts: list[bytes] = []
         size = 0
         while True:
@@ -242,13 +280,13 @@ class StoreAssociation:
                 raise ul.ProtocolError(f"unexpected PDU type 0x{kind:02X} awaiting a response")
             for _, control, fragment in ul.pdv_items(memoryview(body)):
                 if not control & ul.CONTROL_COMMAND:
-                    raise ul.ProtocolError("a dataset where a C-STORE response was expected")
+                    raise ul.ProtocolError("a dataset where a response command was expected")
                 size += len(fragment)
                 if size > OUR_MAXIMUM_PDU:
                     raise ul.ProtocolError(f"a response command set over {OUR_MAXIMUM_PDU} bytes")
                 parts.append(bytes(fragment))
                 if control & ul.CONTROL_LAST:
-                    return _store_response(ul.parse_command(b"".join(parts)), message_id)
+                    return _response(ul.parse_command(b"".join(parts)), field, message_id)
 
     # --- ending -------------------------------------------------------------------------------
     def release(self) -> None:
@@ -322,11 +360,38 @@ def _accepted_contexts(
     return accepted
 
 
-def _store_response(command: ul.Command, message_id: int) -> StoreResponse:
-    if command.field != ul.C_STORE_RSP:
-        raise ValueError(f"expected a C-STORE response, got command 0x{command.field:04X}")
+def _response(command: ul.Command, field: int, message_id: int) -> StoreResponse:
+    if command.field != field:
+        raise ValueError(
+            f"expected response command 0x{field:04X}, got command 0x{command.field:04X}"
+        )
     if command.responded_to != message_id:
         raise ValueError("response to another message id")
     if command.status is None:
-        raise ValueError("C-STORE response without a Status")
+        raise ValueError(f"response 0x{field:04X} without a Status")
     return StoreResponse(command.status, command.error_comment)
+
+
+def verify(
+    host: str,
+    port: int,
+    calling_ae: str,
+    called_ae: str,
+    timeout: float,
+    ssl_context: ssl.SSLContext | None = None,
+) -> StoreResponse:
+    """Associate (proposing Verification in implicit and explicit VR little endian), send one
+    C-ECHO, release; the response. AssociationError when there is no association, the peer
+    accepts no Verification context, or the link fails."""
+    context = acse.ProposedContext(
+        1, VERIFICATION, (IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN)
+    )
+    association = StoreAssociation.open(
+        host, port, calling_ae, called_ae, [context], timeout, timeout, ssl_context
+    )
+    try:
+        if not association.accepted:
+            raise AssociationError(f"{called_ae} accepted no Verification presentation context")
+        return association.echo(next(iter(association.accepted)), 1)
+    finally:
+        association.release()

@@ -78,7 +78,16 @@ class PeerClosed(Exception):
 
 
 class ProtocolError(Exception):
-    """Bytes that do not follow the Upper Layer protocol; the association must be aborted."""
+    """Bytes that do not follow the Upper Layer protocol; the association must be aborted.
+
+    ``reason`` is the A-ABORT reason (PS3.8 9.3.8) the acceptor sends for it: an invalid
+    parameter value unless the raiser knows better (an unrecognized or unexpected PDU, an
+    unexpected parameter).
+    """
+
+    def __init__(self, message: str, reason: int = ABORT_INVALID_PARAMETER):
+        super().__init__(message)
+        self.reason = reason
 
 
 def element(tag_element: int, value: bytes, pad: bytes = b"\x00") -> bytes:
@@ -351,3 +360,25 @@ class PDUReader:
                 f"PDU type 0x{kind:02X} of {length} bytes exceeds the {limit} bytes accepted"
             )
         return kind, self.take(length)
+
+
+KNOWN_PDU_TYPES = frozenset(
+    (
+        PDU_ASSOCIATE_RQ,
+        PDU_ASSOCIATE_AC,
+        PDU_ASSOCIATE_RJ,
+        PDU_DATA,
+        PDU_RELEASE_RQ,
+        PDU_RELEASE_RP,
+        PDU_ABORT,
+    )
+)
+
+
+def unexpected(kind: int, where: str) -> ProtocolError:
+    """The error for a PDU of type ``kind`` arriving ``where`` it does not belong: an
+    unrecognized PDU (reason 0x01) when the type is none of PS3.8's seven, else an unexpected
+    one (0x02)."""
+    if kind in KNOWN_PDU_TYPES:
+        return ProtocolError(f"unexpected PDU type 0x{kind:02X} {where}", ABORT_UNEXPECTED_PDU)
+    return ProtocolError(f"unrecognized PDU type 0x{kind:02X} {where}", ABORT_UNRECOGNIZED_PDU)

@@ -10,8 +10,9 @@ A series is complete when (first that applies):
 3. ``quiet-period``: ``quiet_seconds`` passed without a new instance.
 
 A late instance reopens a complete series; its next completion queues a job that supersedes the
-earlier one instead of adding a duplicate. Every completion and reopening is a ``series_events``
-row with its reason.
+earlier one instead of adding a duplicate. So does an instance sent again after retention purged
+the series' originals (intake stores it again); the series is then counted afresh. Every
+completion and reopening is a ``series_events`` row with its reason.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pydicom
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.models import Instance, Series, SeriesEvent, SeriesState, utcnow
@@ -82,9 +83,11 @@ class SeriesAssembler:
                     continue
                 if series.expected_instances:
                     continue  # an announced count is more trustworthy; wait for it or quiet
-                numbers = list(
+                numbers = list(  # of the instances with a file: not those retention purged
                     session.scalars(
-                        select(Instance.instance_number).where(Instance.series_id == series_id)
+                        select(Instance.instance_number).where(
+                            Instance.series_id == series_id, Instance.path.is_not(None)
+                        )
                     )
                 )
                 if (
@@ -187,8 +190,25 @@ def _first_instance(session: Session, series_id: int) -> tuple[str | None, str |
 
 
 def reopen(session: Session, series: Series) -> None:
-    """A late instance for a finished series: receive again, under a new generation."""
+    """A late instance for a finished series: receive again, under a new generation.
+
+    A series whose originals retention purged is counted afresh: only the instances that have a
+    file again count (none yet; the one being stored is counted next), so it completes once
+    the instances are back (its expected count, InstanceNumbers 1..N of the files, or quiet)
+    rather than on the first one; and it is no longer purged, so that retention deletes the new
+    files in their turn. The purged rows of instances not sent again keep path NULL.
+    """
     previous = series.state
+    why = f"late instance after the series was {previous}"
+    if series.purged_at is not None:
+        kept = session.execute(
+            select(func.count(Instance.id), func.coalesce(func.sum(Instance.frames), 0)).where(
+                Instance.series_id == series.id, Instance.path.is_not(None)
+            )
+        ).one()
+        series.instances, series.frames = int(kept[0]), int(kept[1])
+        series.purged_at = None
+        why = f"instance received again after retention purged the {previous} series"
     series.state = SeriesState.RECEIVING
     series.generation += 1
     series.completed_at = None
@@ -196,7 +216,7 @@ def reopen(session: Session, series: Series) -> None:
         SeriesEvent(
             series_id=series.id,
             event="reopened",
-            reason=f"late instance after the series was {previous}",
+            reason=why,
             instances=series.instances,
             generation=series.generation,
         )

@@ -77,6 +77,10 @@ class Outcome:
     count_reached: bool = False  # the series holds its expected number of instances
 
 
+class _StoredMeanwhile(Exception):
+    """A purged instance another association stored again first."""
+
+
 class Rejected(Exception):
     def __init__(self, status: int, reason: str):
         super().__init__(reason)
@@ -139,6 +143,10 @@ class Intake:
         duplicate query ~0.35 ms, hence prepared statements on the driver. A file already at
         the instance's spool path means the instance was stored before (recorded, or adopted
         by the spool recovery at the next start).
+
+        An instance already recorded (the insert's unique key) is looked at on a slow path
+        (``_record_again``): one whose file retention purged is stored again; one whose file is
+        still there is a duplicate, stored once.
         """
         sop_uid = item.sop_instance_uid
         series_uid = header.series_uid
@@ -151,16 +159,20 @@ class Intake:
                 log.info("duplicate instance answered Success, stored once", extra=_ids(item))
                 return Outcome(SUCCESS, duplicate=True)
         try:
-            recorded = self._record_in_receiving_series(item, header, target)
+            try:
+                recorded = self._record_in_receiving_series(item, header, target)
+                if recorded is None:
+                    recorded = self._record_opening_series(item, header, target)
+            except IntegrityError:
+                recorded = self._record_again(item, header, target)
             if recorded is None:
-                recorded = self._record_opening_series(item, header, target)
+                # Recorded before with its file still there, under another spool path or this
+                # one (a file lost otherwise than by retention is written back): stored once.
+                if spooled is None and not _recorded_at(self.database, item, target):
+                    target.unlink(missing_ok=True)
+                log.info("duplicate instance (already recorded) answered Success", extra=_ids(item))
+                return Outcome(SUCCESS, duplicate=True)
             row, count_reached = recorded
-        except IntegrityError:
-            # Recorded before under another spool path (or its file purged): stored once.
-            if spooled is None:
-                target.unlink(missing_ok=True)
-            log.info("duplicate instance (already recorded) answered Success", extra=_ids(item))
-            return Outcome(SUCCESS, duplicate=True)
         except BaseException:
             # Not recorded, not acknowledged: no file may stay behind to pass for a duplicate.
             if spooled is None:
@@ -197,6 +209,47 @@ class Intake:
             row = _SeriesRow(*_COUNT_BY_ID.first(driver, dialect, values))
             return row, _record(driver, dialect, row, item, header, target)
 
+    def _record_again(
+        self, item: Received, header: InstanceHeader, target: Path
+    ) -> tuple[_SeriesRow, bool] | None:
+        """An instance recorded before: stored again when retention purged its file.
+
+        Retention keeps the row of a purged instance with path NULL. A scanner that sends the
+        series again after ``[retention] days`` must have it processed again ("never lose a
+        study"), so the row takes the new file and the series reopens as for a late instance
+        (``assembly.reopen``, which counts a purged series afresh); its next completion queues
+        a new job. None, with nothing written, when the row still has its file: a duplicate.
+        The series row is locked before the instance row, in the order of the hot path and of
+        retention.
+        """
+        with self.database.connection() as connection:
+            driver = connection.connection.driver_connection
+            found = _FIND_INSTANCE.first(driver, connection.dialect, {"uid": item.sop_instance_uid})
+        if found is None:  # the unique key refused the insert, yet no row holds the UID
+            raise RuntimeError("instance neither recorded nor recordable")
+        if found[1] is not None:
+            return None
+        try:
+            with self.database.connection() as connection:
+                series_id = _open_series(connection, header, item)
+                driver = connection.connection.driver_connection
+                dialect = connection.dialect
+                found = _LOCK_INSTANCE.first(driver, dialect, {"uid": item.sop_instance_uid})
+                if found is None or found[1] is not None:
+                    raise _StoredMeanwhile  # by another association: undo the reopening
+                values = {"series_id": series_id, "added_frames": header.frames, "now": utcnow()}
+                row = _SeriesRow(*_COUNT_BY_ID.first(driver, dialect, values))
+                count_reached = _record(
+                    driver, dialect, row, item, header, target, instance_id=int(found[0])
+                )
+        except _StoredMeanwhile:
+            return None
+        log.info(
+            "instance purged by retention received again: stored again",
+            extra={**_ids(item), "series_uid": header.series_uid},
+        )
+        return row, count_reached
+
     def _quarantine(self, item: Received, status: int, reason: str) -> None:
         name = f"{utcnow():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
         path: Path | None = self.layout.quarantine / f"{name}.dcm"
@@ -226,6 +279,14 @@ class Intake:
         except Exception:  # noqa: BLE001 - the refusal status is still answered
             log.exception("could not record the quarantined dataset", extra=_ids(item))
         log.warning("refused and quarantined: %s", reason, extra={**_ids(item), "status": status})
+
+
+def _recorded_at(database: Database, item: Received, target: Path) -> bool:
+    """Whether the instance's row names ``target`` as its file."""
+    with database.connection() as connection:
+        driver = connection.connection.driver_connection
+        found = _FIND_INSTANCE.first(driver, connection.dialect, {"uid": item.sop_instance_uid})
+    return found is not None and found[1] == str(target)
 
 
 def _ids(item: Received) -> dict[str, object]:
@@ -370,6 +431,20 @@ _INSTANCE_COLUMNS = (
 _INSERT_INSTANCE = PreparedStatement(
     insert(Instance).values({name: bindparam(name) for name in _INSTANCE_COLUMNS})
 )
+# A purged instance stored again: its row takes the new file and the rest of this reception.
+_RESTORE_INSTANCE = PreparedStatement(
+    update(Instance)
+    .where(Instance.id == bindparam("instance_id"))
+    .values({name: bindparam(f"new_{name}") for name in _INSTANCE_COLUMNS})
+)
+_FIND_INSTANCE = PreparedStatement(
+    select(Instance.id, Instance.path).where(Instance.sop_instance_uid == bindparam("uid"))
+)
+_LOCK_INSTANCE = PreparedStatement(
+    select(Instance.id, Instance.path)
+    .where(Instance.sop_instance_uid == bindparam("uid"))
+    .with_for_update()
+)
 _FIND_SERIES = (
     select(Series.id, Series.state).where(Series.series_uid == bindparam("uid")).with_for_update()
 )
@@ -405,26 +480,32 @@ def _record(
     item: Received,
     header: InstanceHeader,
     target: Path,
+    instance_id: int | None = None,
 ) -> bool:
-    """Record the instance in its counted series; True when the series reached its count."""
-    _INSERT_INSTANCE.rows(
-        driver,
-        dialect,
-        {
-            "sop_instance_uid": item.sop_instance_uid,
-            "series_id": row.id,
-            "sop_class_uid": item.sop_class_uid,
-            "transfer_syntax_uid": header.transfer_syntax_uid,
-            "instance_number": header.instance_number,
-            "frames": header.frames,
-            "path": str(target),
-            "size_bytes": len(item.data),
-            "calling_ae": item.calling_ae,
-            "association_id": item.association_id,
-            "received_at": utcnow(),
-            "generation": row.generation,
-        },
-    )
+    """Record the instance in its counted series; True when the series reached its count.
+
+    ``instance_id``: the row of a purged instance, which takes this reception instead of a
+    new row.
+    """
+    values = {
+        "sop_instance_uid": item.sop_instance_uid,
+        "series_id": row.id,
+        "sop_class_uid": item.sop_class_uid,
+        "transfer_syntax_uid": header.transfer_syntax_uid,
+        "instance_number": header.instance_number,
+        "frames": header.frames,
+        "path": str(target),
+        "size_bytes": len(item.data),
+        "calling_ae": item.calling_ae,
+        "association_id": item.association_id,
+        "received_at": utcnow(),
+        "generation": row.generation,
+    }
+    if instance_id is None:
+        _INSERT_INSTANCE.rows(driver, dialect, values)
+    else:
+        restored = {f"new_{name}": value for name, value in values.items()}
+        _RESTORE_INSTANCE.rows(driver, dialect, {"instance_id": instance_id, **restored})
     expected = row.expected_instances
     announced = _expectation(header, item.sop_class_uid)
     if announced is not None and announced[0] > (expected or 0):

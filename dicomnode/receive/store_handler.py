@@ -2,10 +2,10 @@
 
 The network package knows nothing of the node; this module is the glue, built from the
 configuration: ``listener_settings`` turns ``[node]`` into the listener's plain settings, and
-``IntakeHandler`` answers the listener's three questions (``dicomnode.net.handler.Handler``):
-who may associate (``[node.accept]``), what becomes of an arrived instance (``Intake``, then
-completion by count), and what a release means (completion by InstanceNumbers 1..N over the
-series the association touched).
+``IntakeHandler`` answers the listener's questions (``dicomnode.net.handler.Handler``): which
+source addresses may associate at all and who may associate (``[node.accept]``), what becomes
+of an arrived instance (``Intake``, then completion by count), and what a release means
+(completion by InstanceNumbers 1..N over the series the association touched).
 """
 
 from __future__ import annotations
@@ -69,6 +69,11 @@ class IntakeHandler:
         self.assembler = assembler
         self._touched: dict[str, set[int]] = {}  # association id -> series ids it stored into
         self._lock = threading.Lock()
+
+    def address_allowed(self, peer: str) -> bool:
+        """At TCP accept: a peer outside ``[node.accept] source_networks`` is served from the
+        listener's small budget for refused connections, never from the pending slots."""
+        return self.access.address_allowed(peer)
 
     def association_requested(self, association: Association) -> Rejection | None:
         return self.access.check(association)

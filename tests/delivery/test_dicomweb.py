@@ -72,7 +72,8 @@ def test_study_list_keeps_its_description_after_the_derived_series(
         for s in dicomweb_pacs.qido(f"studies/{study}/series")
     }
     assert series[str(source[0].SeriesInstanceUID)] == acquisition.series_description
-    assert str(series[result.series_instance_uid]).startswith("AI-enhanced ")
+    # bspline is classical interpolation, labelled as such (an AI model gets ai_label)
+    assert str(series[result.series_instance_uid]).startswith("Interpolated ")
     metadata = dicomweb_pacs.get(
         f"/dicom-web/studies/{study}/series/{result.series_instance_uid}/metadata"
     )

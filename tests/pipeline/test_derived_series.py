@@ -18,6 +18,7 @@ import pytest
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
+from models.engine import EngineInfo, EngineResult
 from pipeline.io import write_datasets
 from pipeline.run import enhance_series
 from pipeline.settings import PipelineSettings
@@ -96,15 +97,31 @@ def test_unsigned_source_keeps_unsigned_output(series_cache):
     assert result.datasets[0].pixel_array.dtype == np.uint16
 
 
+class _LearnedEngine:
+    """Stands in for a trained model (the AI label is for learned engines only; ``bspline`` is
+    labelled as interpolation, see ``test_derived_text``)."""
+
+    @property
+    def info(self) -> EngineInfo:
+        return EngineInfo("net", "1.0.0", "cd" * 32, learned=True)
+
+    @property
+    def supported_factors(self) -> tuple[int, ...]:
+        return (4,)
+
+    def upsample(self, volume, factor, slice_thickness_ratio=1.0):  # type: ignore[no-untyped-def]
+        return EngineResult(np.repeat(volume, factor, axis=0))
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_ai_label_in_plain_words_everywhere_a_reader_looks(series_cache, fmt):
-    result = enhance_series(series_cache(), settings(fmt), "bspline")
+    result = enhance_series(series_cache(), settings(fmt), _LearnedEngine())
     ds = result.datasets[5]
     assert ds.SeriesDescription.startswith("AI-enhanced ")
-    assert ds.SeriesDescription.endswith("IQT bspline x4")
+    assert ds.SeriesDescription.endswith("IQT net x4")
     assert "T1 AXIAL SE" in ds.SeriesDescription  # the source's description, after the label
     assert ds.ImageComments.startswith("AI-enhanced: ")
-    assert "not acquired" in ds.ImageComments and "bspline" in ds.ImageComments
+    assert "not acquired" in ds.ImageComments and "net 1.0.0" in ds.ImageComments
     assert ds.DerivationDescription.startswith("AI-enhanced: ")
     ours = [e for e in ds.ContributingEquipmentSequence if e.Manufacturer == "dicomnode"][0]
     assert ours.ContributionDescription.startswith("AI-enhanced: ")
@@ -114,11 +131,11 @@ def test_ai_label_in_plain_words_everywhere_a_reader_looks(series_cache, fmt):
 def test_ai_label_is_configurable_and_survives_a_long_description(series_cache):
     long = "t1_se_tra_5mm_256_p2_lowfield_protocol_for_the_head_coil_v12"
     source = _with(series_cache(), SeriesDescription=long)
-    result = enhance_series(source, settings("sc", ai_label="KI-berechnet"), "bspline")
+    result = enhance_series(source, settings("sc", ai_label="KI-berechnet"), _LearnedEngine())
     description = result.datasets[0].SeriesDescription
     assert len(description) <= 64
     assert description.startswith("KI-berechnet t1_se_tra")
-    assert description.endswith("IQT bspline x4")
+    assert description.endswith("IQT net x4")
     assert result.datasets[0].ImageComments.startswith("KI-berechnet: ")
 
 

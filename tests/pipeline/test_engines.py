@@ -23,7 +23,7 @@ def test_bspline_implements_the_contract():
     engine = get_engine("bspline")
     assert isinstance(engine, ThroughPlaneEngine)
     assert engine.info == EngineInfo(
-        "bspline", BSplineEngine.VERSION, None, engine.info.description
+        "bspline", BSplineEngine.VERSION, None, engine.info.description, learned=False
     )
     assert {4, 8} <= set(engine.supported_factors)
 

@@ -118,7 +118,8 @@ def test_provenance_points_at_the_right_sources(processed, fmt):
         assert ds.PatientID == source.PatientID and ds.PatientName == source.PatientName
         assert ds.SeriesInstanceUID != source.SeriesInstanceUID
         assert int(ds.SeriesNumber) == int(source.SeriesNumber) + 1000
-        assert ds.SeriesDescription.startswith(f"AI-enhanced {source.SeriesDescription}")
+        # bspline is classical interpolation: labelled as such, not as AI (test_derived_text)
+        assert ds.SeriesDescription.startswith(f"Interpolated {source.SeriesDescription}")
         assert "bspline" in ds.SeriesDescription and f"x{FACTOR}" in ds.SeriesDescription
         for text in ("bspline", "1.0.0", f"x{FACTOR}", "N4", "normalisation", "weights"):
             assert text in ds.DerivationDescription
