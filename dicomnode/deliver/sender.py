@@ -1,10 +1,12 @@
 """The C-STORE sender (SCU): one association to one destination, many instances over it.
 
 Files are sent as they lie in the spool: the dataset bytes after the file meta go on the wire
-unchanged when the destination accepts the stored transfer syntax. For each (SOP class, stored
-syntax) pair we propose a context with that syntax alone, and once per SOP class a context with
-explicit (then implicit) VR little endian; when only the latter is accepted the dataset is
-decoded with pydicom and sent as explicit little endian.
+unchanged when the destination accepts the stored transfer syntax. Once per SOP class we propose
+a fallback context offering explicit, then implicit, VR little endian, and for each (SOP class,
+stored syntax) pair other than explicit VR little endian a context with that syntax alone. When
+the stored syntax is not accepted, the dataset is decoded with pydicom (decompressed, keeping its
+SOP Instance UID) and sent in the uncompressed syntax the destination accepted for the class:
+explicit VR little endian if it accepted that, else implicit.
 
 Why a plain pynetdicom sender managed only 40-60 instances/s into DCMTK-based receivers: Nagle's
 algorithm held the tail of each dataset until the peer's delayed ACK (up to 40 ms), and the
