@@ -264,4 +264,5 @@ def test_echo_and_garbage_on_the_wire(node, brain, tmp_path):
     result = storescu(node.port, files[:2])
     assert result.stderr.count("Received Store Response (Success)") == 2
     log = node.log_path.read_text()
-    assert "malformed A-ASSOCIATE-RQ" in log and "expected A-ASSOCIATE-RQ" in log
+    assert "malformed A-ASSOCIATE-RQ" in log
+    assert "unexpected PDU type 0x04 where an A-ASSOCIATE-RQ belongs" in log
