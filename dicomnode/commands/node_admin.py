@@ -112,12 +112,12 @@ def _echo_config(explicit: Path | None) -> Config:
 def echo(
     peer: Annotated[
         str,
-        typer.Argument(help="AET@HOST:PORT, or the name of a [[destinations]] entry."),
+        typer.Argument(help="AET@HOST:PORT, or the name of a \\[\\[destinations]] entry."),
     ],
     calling_ae: Annotated[
         str | None,
         typer.Option(
-            "--calling-ae", help="Our AE title (default: [node] ae_title of the configuration)."
+            "--calling-ae", help="Our AE title (default: \\[node] ae_title of the configuration)."
         ),
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait, per step.")] = 10.0,
@@ -126,7 +126,7 @@ def echo(
     """C-ECHO a DICOM peer and report the status and round-trip time.
 
     It speaks as the node does (dicomnode.net): our implementation class UID and version name,
-    the calling AE title of [node] ae_title, and the TLS settings of the destination it names
+    the calling AE title of \\[node] ae_title, and the TLS settings of the destination it names
     (by name, or by the same AE title, host and port).
     """
     import time
