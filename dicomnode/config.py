@@ -245,7 +245,7 @@ class Rule(_Strict):
     @field_validator("match")
     @classmethod
     def _valid_patterns(cls, value: dict[str, MatchValue]) -> dict[str, MatchValue]:
-        from dicomnode.receive.routing import validate_pattern
+        from dicomnode.rule_patterns import validate_pattern
 
         for key, pattern in value.items():
             for item in pattern if isinstance(pattern, list) else [pattern]:

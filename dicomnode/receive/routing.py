@@ -15,43 +15,13 @@ AE title that sent the series.
 
 from __future__ import annotations
 
-import operator
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
 from dicomnode.jobs import RoutingDecision
-
-CALLING_AE_KEY = "CallingAETitle"
-_COMPARISON = re.compile(r"^\s*(<=|>=|==|!=|<|>)\s*([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)\s*$")
-_REGEX_CHARS = set("^$*+?()[]{}|\\")
-_OPERATORS: dict[str, Callable[[float, float], bool]] = {
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-    "==": operator.eq,
-    "!=": operator.ne,
-}
-
-
-def validate_pattern(key: str, pattern: object) -> str | None:
-    """Return a problem description, or None when ``key = pattern`` is usable."""
-    if key != CALLING_AE_KEY and tag_for_keyword(key) is None:
-        return "not a DICOM attribute keyword (nor CallingAETitle)"
-    if isinstance(pattern, str):
-        body = pattern[1:] if pattern.startswith("!") else pattern
-        if _COMPARISON.match(body) is None and _is_regex(body):
-            try:
-                re.compile(body)
-            except re.error as exc:
-                return f"invalid regular expression {body!r}: {exc}"
-    return None
-
-
-def _is_regex(text: str) -> bool:
-    return any(ch in _REGEX_CHARS for ch in text)
+from dicomnode.rule_patterns import CALLING_AE_KEY, COMPARISON, OPERATORS, is_regex
 
 
 def _values(value: object) -> list[str]:
@@ -75,13 +45,13 @@ def _holds(pattern: object, value: object) -> bool:
         pattern = str(pattern)
     if isinstance(pattern, int | float):
         return any(_as_float(v) == float(pattern) for v in values)
-    comparison = _COMPARISON.match(pattern)
+    comparison = COMPARISON.match(pattern)
     if comparison:
-        op, threshold = _OPERATORS[comparison.group(1)], float(comparison.group(2))
+        op, threshold = OPERATORS[comparison.group(1)], float(comparison.group(2))
         numbers = [_as_float(v) for v in values]
         return any(n is not None and op(n, threshold) for n in numbers)
     candidates = values + (["\\".join(values)] if len(values) > 1 else [])
-    if _is_regex(pattern):
+    if is_regex(pattern):
         regex = re.compile(pattern)
         return any(regex.search(c) for c in candidates)
     return any(c.strip() == pattern for c in candidates)
