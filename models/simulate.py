@@ -90,7 +90,11 @@ class Simulation:
 def add_noise(
     image: np.ndarray, sigma: float, rng: np.random.Generator, kind: str = "gaussian"
 ) -> np.ndarray:
-    """Gaussian (the paper) or Rician (magnitude of complex Gaussian) noise of std ``sigma``."""
+    """Gaussian (the paper) or Rician (magnitude of complex Gaussian) noise of std ``sigma``.
+
+    The one noise model of the project: training draws, the quality bench's acquisitions and
+    the test series (``pipeline.sample``) all call it.
+    """
     if kind == "gaussian":
         return (image + rng.normal(0.0, sigma, image.shape)).astype(np.float32)
     if kind == "rician":
@@ -98,6 +102,17 @@ def add_noise(
         im = rng.normal(0.0, sigma, image.shape)
         return np.sqrt(re * re + im * im).astype(np.float32)
     raise ValueError(f"noise kind must be 'gaussian' or 'rician', got {kind!r}")
+
+
+def scale_grey_matter(image: np.ndarray, gm: np.ndarray, gm_scale: float) -> np.ndarray:
+    """The low-field grey/white contrast of Lin et al.: grey matter scaled by ``gm_scale``.
+
+    Soft: a voxel that is p parts grey matter is scaled by 1 + p (s - 1), so partial volume at
+    the GM/WM border blends smoothly instead of producing a step. Shared by the training
+    simulator (thick slices, here) and the quality bench's patient-space acquisitions
+    (``pipeline.sample.simulate_acquisition``, on the fine grid), so both apply one physics.
+    """
+    return image * (1.0 + np.clip(gm, 0.0, 1.0) * (gm_scale - 1.0))
 
 
 def simulate_low_field(
@@ -133,9 +148,7 @@ def simulate_low_field(
     mean_gm = float(lf[gm_mask].mean())
     sigma = mean_wm / snr_wm
     gm_scale = (snr_gm * sigma) / mean_gm
-    # Soft rescaling: a voxel that is p parts grey matter is scaled by 1 + p (s - 1), so partial
-    # volume at the GM/WM border blends smoothly instead of producing a step.
-    lf = lf * (1.0 + np.clip(lf_maps.gm, 0.0, 1.0) * (gm_scale - 1.0))
+    lf = scale_grey_matter(lf, lf_maps.gm, gm_scale)
     lf = add_noise(lf, sigma, rng, noise)
     return Simulation(
         low_field=lf,

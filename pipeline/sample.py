@@ -17,6 +17,10 @@ Two simulators share the geometry (``Acquisition``) and the writer (``build_seri
   receive-coil shading (``Shading``), in-plane resolution matched to the pixel size and a
   slice profile that integrates real anatomy beyond the first and last slices too (no darkened
   end slices). It returns what the truth needs (the grey-matter scale it applied).
+
+Both draw their noise with ``models.simulate.add_noise`` and the quality bench's contrast with
+``models.simulate.scale_grey_matter``: the training simulator's own physics, applied here in
+patient space instead of on arrays, so that training and evaluation cannot drift apart.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
+from models.simulate import add_noise, scale_grey_matter
 from pipeline.io import write_datasets
 
 UID_ROOT = "1.2.826.0.1.3680043.10.1345."
@@ -157,9 +162,7 @@ def acquire(brain: sitk.Image, acq: Acquisition) -> np.ndarray:
     signal = sampled / max(float(sampled.max()), 1e-6) * 1000.0
     rng = np.random.default_rng(acq.seed)
     sigma_noise = 1000.0 * 0.6 / acq.snr  # SNR quoted against mean brain (about 0.6 of max)
-    real = signal + rng.normal(0.0, sigma_noise, signal.shape)
-    imag = rng.normal(0.0, sigma_noise, signal.shape)
-    magnitude = np.sqrt(real**2 + imag**2)
+    magnitude = add_noise(signal, sigma_noise, rng, "rician")
     return np.clip(np.round(magnitude), 0, 4095).astype(np.uint16)
 
 
@@ -476,7 +479,7 @@ def simulate_acquisition(head: Head, acq: Acquisition) -> SimulatedAcquisition:
     intensity_scale = acq.wm_level / float(t1[wm_mask].mean())
     sigma = acq.wm_level / snr_wm
     gm_scale = snr_gm * sigma / (intensity_scale * float(t1[gm_mask].mean()))
-    clean = intensity_scale * t1 * (1.0 + np.clip(gm, 0.0, 1.0) * (gm_scale - 1.0))
+    clean = scale_grey_matter(intensity_scale * t1, gm, gm_scale)
     del t1
 
     offsets = np.arange(-margin, margin + 1)
@@ -507,9 +510,7 @@ def simulate_acquisition(head: Head, acq: Acquisition) -> SimulatedAcquisition:
     else:
         signal = unshaded
     rng = np.random.default_rng(acq.seed)
-    real = signal + rng.normal(0.0, sigma, signal.shape)
-    imag = rng.normal(0.0, sigma, signal.shape)
-    magnitude = np.sqrt(real * real + imag * imag)
+    magnitude = add_noise(signal, sigma, rng, "rician")
     pixels = np.clip(np.round(magnitude), 0, 4095).astype(np.uint16)
     return SimulatedAcquisition(
         pixels=pixels,
