@@ -12,7 +12,6 @@ import io
 import struct
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -22,33 +21,16 @@ from pydicom.uid import generate_uid
 
 from dicomnode.net import acse, ul
 from dicomnode.net.handler import SUCCESS
-from dicomnode.net.scp import ListenerSettings, StoreSCP
 from tests.conftest import require_tool
-from tests.node.test_net_listener import MR, NODE, Peer, Recorder, request_pdu
+from tests.node.test_net_listener import (
+    MR,
+    NODE,
+    Peer,
+    Recorder,
+    request_pdu,
+)
 
 PROVIDER = ul.ABORT_SOURCE_PROVIDER
-
-
-@pytest.fixture
-def listen() -> Iterator:  # type: ignore[type-arg]
-    started: list[StoreSCP] = []
-
-    def start(handler: Recorder | None = None, **settings: object) -> StoreSCP:
-        options: dict[str, object] = {
-            "bind_address": "127.0.0.1",
-            "port": 0,
-            "network_timeout_seconds": 5.0,
-            "association_request_timeout_seconds": 5.0,
-            **settings,
-        }
-        scp = StoreSCP(ListenerSettings(NODE, **options), handler or Recorder())  # type: ignore[arg-type]
-        scp.start()
-        started.append(scp)
-        return scp
-
-    yield start
-    for scp in started:
-        scp.stop()
 
 
 def _pdu(kind: int, body: bytes) -> bytes:

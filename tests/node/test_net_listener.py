@@ -13,7 +13,6 @@ import struct
 import threading
 import time
 import tracemalloc
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -29,7 +28,6 @@ from dicomnode.net.handler import (
     Rejection,
     StoreStatus,
 )
-from dicomnode.net.scp import ListenerSettings, StoreSCP
 
 NODE = "IQTNODE"
 MR = "1.2.840.10008.5.1.4.1.1.4"
@@ -59,28 +57,6 @@ class Recorder:
         if self.hold_end is not None:
             self.hold_end.wait(20)
         self.ended.append((association, released))
-
-
-@pytest.fixture
-def listen() -> Iterator:  # type: ignore[type-arg]
-    started: list[StoreSCP] = []
-
-    def start(handler: Recorder | None = None, **settings: object) -> StoreSCP:
-        options: dict[str, object] = {
-            "bind_address": "127.0.0.1",
-            "port": 0,
-            "network_timeout_seconds": 5.0,
-            "association_request_timeout_seconds": 5.0,
-            **settings,
-        }
-        scp = StoreSCP(ListenerSettings(NODE, **options), handler or Recorder())  # type: ignore[arg-type]
-        scp.start()
-        started.append(scp)
-        return scp
-
-    yield start
-    for scp in started:
-        scp.stop()
 
 
 # --- a raw peer ---------------------------------------------------------------------------------

@@ -14,17 +14,18 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
-
-import pytest
 
 from dicomnode.logs import JsonFormatter
 from dicomnode.net import acse
 from dicomnode.net.handler import SUCCESS, AccessPolicy
 from dicomnode.net.limits import MAX_REFUSED_CONNECTIONS, PENDING, REFUSED
-from dicomnode.net.scp import ListenerSettings, StoreSCP
-from tests.node.test_net_listener import NODE, Peer, Recorder, request_pdu
+from tests.node.test_net_listener import (
+    NODE,
+    Peer,
+    Recorder,
+    request_pdu,
+)
 
 ALLOWED = "127.0.0.1"
 REFUSED_ADDRESS = "127.0.0.2"
@@ -46,28 +47,6 @@ def _screening() -> Screening:
     return Screening(access=AccessPolicy(NODE, source_networks=[f"{ALLOWED}/32"]), asked=[])
 
 
-@pytest.fixture
-def listen() -> Iterator:  # type: ignore[type-arg]
-    started: list[StoreSCP] = []
-
-    def start(handler: Recorder, **settings: object) -> StoreSCP:
-        options: dict[str, object] = {
-            "bind_address": "127.0.0.1",
-            "port": 0,
-            "network_timeout_seconds": 5.0,
-            "association_request_timeout_seconds": 30.0,
-            **settings,
-        }
-        scp = StoreSCP(ListenerSettings(NODE, **options), handler)  # type: ignore[arg-type]
-        scp.start()
-        started.append(scp)
-        return scp
-
-    yield start
-    for scp in started:
-        scp.stop()
-
-
 def _wait(predicate, seconds: float = 5.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + seconds
     while not predicate() and time.monotonic() < deadline:
@@ -79,7 +58,7 @@ def test_idle_connections_from_a_refused_network_leave_the_pending_slots_free(li
     still associates and stores. Before, the first four took every pending slot."""
     caplog.set_level(logging.INFO, logger="dicomnode.net.scp")
     handler = _screening()
-    scp = listen(handler, max_pending_connections=4)
+    scp = listen(handler, max_pending_connections=4, association_request_timeout_seconds=30.0)
     intruders = [Peer(scp.port, source=REFUSED_ADDRESS) for _ in range(10)]
     _wait(lambda: len(handler.asked or []) >= 10)
     _wait(lambda: scp.connections() >= MAX_REFUSED_CONNECTIONS)
@@ -110,7 +89,7 @@ def test_idle_connections_from_a_refused_network_leave_the_pending_slots_free(li
 def test_within_the_refused_budget_the_peer_gets_its_rejection(listen, caplog):
     caplog.set_level(logging.INFO, logger="dicomnode.net.scp")
     handler = _screening()
-    scp = listen(handler, max_pending_connections=2)
+    scp = listen(handler, max_pending_connections=2, association_request_timeout_seconds=30.0)
     for _ in range(3):  # more than there are pending slots: each gets its answer in turn
         intruder = Peer(scp.port, source=REFUSED_ADDRESS)
         intruder.send(request_pdu())
@@ -133,7 +112,12 @@ def test_the_refused_budget_is_its_own(listen):
     """A full refused budget does not close allowed peers, and full pending slots do not close
     refused ones early: each kind is counted apart."""
     handler = _screening()
-    scp = listen(handler, max_pending_connections=1, max_refused_connections=1)
+    scp = listen(
+        handler,
+        max_pending_connections=1,
+        max_refused_connections=1,
+        association_request_timeout_seconds=30.0,
+    )
     intruder = Peer(scp.port, source=REFUSED_ADDRESS)
     _wait(lambda: scp.slots.total(REFUSED) == 1)
     idle = Peer(scp.port, source=ALLOWED)  # takes the one pending slot
@@ -152,7 +136,7 @@ def test_the_refused_budget_is_its_own(listen):
 def test_a_handler_without_the_question_allows_every_address(listen):
     """``address_allowed`` is optional: without it the RQ-time check alone decides, as before."""
     handler = Recorder(access=AccessPolicy(NODE, source_networks=[f"{ALLOWED}/32"]))
-    scp = listen(handler, max_pending_connections=2)
+    scp = listen(handler, max_pending_connections=2, association_request_timeout_seconds=30.0)
     intruder = Peer(scp.port, source=REFUSED_ADDRESS)
     _wait(lambda: scp.slots.total(PENDING) == 1)
     assert scp.slots.total(REFUSED) == 0
