@@ -5,12 +5,38 @@ from __future__ import annotations
 
 import sqlite3
 import struct
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pydicom
+from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from dicomnode.deliver.sender import Item
 from tests.node.helpers import RunningNode
+
+
+@contextmanager
+def scripted_pacs(port: int, answer: Callable[[evt.Event], int]) -> Iterator[list[str]]:
+    """A pynetdicom storage SCP on 127.0.0.1:``port`` (AE ``PACS``) whose C-STORE status is
+    ``answer(event)``, for statuses and aborts Orthanc cannot be made to give; yields the SOP
+    Instance UIDs in the order they arrived."""
+    seen: list[str] = []
+
+    def on_store(event: evt.Event) -> int:
+        seen.append(str(event.request.AffectedSOPInstanceUID))
+        return answer(event)
+
+    ae = AE(ae_title="PACS")
+    ae.supported_contexts = AllStoragePresentationContexts
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    try:
+        yield seen
+    finally:
+        server.shutdown()
+
 
 LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UC", b"UR", b"UT", b"UN"}
 

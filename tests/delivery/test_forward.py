@@ -5,13 +5,11 @@ that aborts on one instance, SIGTERM."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pydicom
 import pytest
-from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from tests.conftest import free_port, require_tool
 from tests.delivery.helpers import (
@@ -20,6 +18,7 @@ from tests.delivery.helpers import (
     forward_rules,
     job_states,
     query,
+    scripted_pacs,
     spooled,
 )
 from tests.delivery.orthanc import Orthanc
@@ -30,49 +29,22 @@ SMALL = {"rows": 64, "pixel_spacing": 3.6, "slices": 8}
 OUT_OF_RESOURCES = 0xA700
 
 
-@contextmanager
-def refusing_scp(port: int, status: int = OUT_OF_RESOURCES) -> Iterator[list[str]]:
+def refusing_scp(port: int, status: int = OUT_OF_RESOURCES) -> AbstractContextManager[list[str]]:
     """A storage SCP that answers every C-STORE with a failure status (Orthanc 1.10 cannot:
     its ReceivedInstanceFilter drops instances but still answers Success)."""
-    seen: list[str] = []
-
-    def on_store(event):  # type: ignore[no-untyped-def]
-        seen.append(str(event.request.AffectedSOPInstanceUID))
-        return status
-
-    ae = AE(ae_title="PACS")
-    ae.supported_contexts = AllStoragePresentationContexts
-    server = ae.start_server(
-        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
-    )
-    try:
-        yield seen
-    finally:
-        server.shutdown()
+    return scripted_pacs(port, lambda event: status)
 
 
-@contextmanager
-def aborting_scp(port: int, abort_on: str) -> Iterator[list[str]]:
+def aborting_scp(port: int, abort_on: str) -> AbstractContextManager[list[str]]:
     """A storage SCP that takes every instance (Success) but aborts the association whenever
     ``abort_on`` arrives, as a PACS does that chokes on one dataset; yields the UIDs seen."""
-    seen: list[str] = []
 
-    def on_store(event):  # type: ignore[no-untyped-def]
-        uid = str(event.request.AffectedSOPInstanceUID)
-        seen.append(uid)
-        if uid == abort_on:
+    def answer(event) -> int:  # type: ignore[no-untyped-def]
+        if str(event.request.AffectedSOPInstanceUID) == abort_on:
             event.assoc.abort()
         return 0x0000
 
-    ae = AE(ae_title="PACS")
-    ae.supported_contexts = AllStoragePresentationContexts
-    server = ae.start_server(
-        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
-    )
-    try:
-        yield seen
-    finally:
-        server.shutdown()
+    return scripted_pacs(port, answer)
 
 
 @pytest.fixture(autouse=True)

@@ -10,13 +10,11 @@ each instance with a chosen status (Orthanc and dcmtk's storescp cannot be told 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pydicom
 import pytest
-from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from dicomnode.config import Destination
 from dicomnode.deliver.sender import (
@@ -30,7 +28,7 @@ from dicomnode.deliver.sender import (
     permanent_failure,
 )
 from tests.conftest import free_port, require_tool
-from tests.delivery.helpers import forward_rules, items_of, query
+from tests.delivery.helpers import forward_rules, items_of, query, scripted_pacs
 from tests.node.helpers import RunningNode, storescu
 from tests.node.series_files import write_lowfield_series
 
@@ -65,25 +63,11 @@ def test_outcome_of_each_status(status, outcome):
         assert permanent_failure(status) == (outcome == REFUSED)
 
 
-@contextmanager
-def choosy_scp(port: int, statuses: dict[str, int]) -> Iterator[list[str]]:
+def choosy_scp(port: int, statuses: dict[str, int]) -> AbstractContextManager[list[str]]:
     """A storage SCP answering each SOP Instance UID with its status (Success if none)."""
-    seen: list[str] = []
-
-    def on_store(event):  # type: ignore[no-untyped-def]
-        uid = str(event.request.AffectedSOPInstanceUID)
-        seen.append(uid)
-        return statuses.get(uid, 0x0000)
-
-    ae = AE(ae_title="PACS")
-    ae.supported_contexts = AllStoragePresentationContexts
-    server = ae.start_server(
-        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    return scripted_pacs(
+        port, lambda event: statuses.get(str(event.request.AffectedSOPInstanceUID), 0x0000)
     )
-    try:
-        yield seen
-    finally:
-        server.shutdown()
 
 
 def _by_number(files: list[Path]) -> list[str]:
