@@ -1,8 +1,9 @@
-"""Fixtures shared by the listener tests (test_net_*.py)."""
+"""Fixtures shared by several node test files: an in-process listener, an intake stack."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -32,3 +33,24 @@ def listen() -> Iterator:  # type: ignore[type-arg]
     yield start
     for scp in started:
         scp.stop()
+
+
+@pytest.fixture
+def stack(database_url: str, tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
+    """(database, intake, assembler) on a migrated database of each kind, with a spool in
+    ``tmp_path`` and the enhance rule of test_database (quiet period 5 s)."""
+    from db.migrate import upgrade
+    from db.session import Database
+    from dicomnode.receive.assembly import SeriesAssembler
+    from dicomnode.receive.intake import Intake
+    from dicomnode.receive.spool import SpoolLayout
+    from tests.node.test_database import RULES
+
+    database = Database(database_url)
+    upgrade(database)
+    layout = SpoolLayout(tmp_path / "spool", tmp_path / "quarantine")
+    layout.ensure()
+    intake = Intake(database, layout, min_free_bytes=0)
+    assembler = SeriesAssembler(database, RULES, quiet_seconds=5)
+    yield database, intake, assembler
+    database.dispose()

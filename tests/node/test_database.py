@@ -9,17 +9,14 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-import pytest
 from pydicom.uid import MRImageStorage
 from sqlalchemy import func, select
 
 from db.migrate import head_revision, upgrade
 from db.models import Instance, Job, JobEvent, Series, SeriesEvent
-from db.session import Database
 from dicomnode.config import parse_config
 from dicomnode.receive.assembly import SeriesAssembler
 from dicomnode.receive.intake import SUCCESS, Intake, Received
-from dicomnode.receive.spool import SpoolLayout
 from dicomnode.retention import purge
 from pipeline.sample import Acquisition, build_series
 
@@ -36,18 +33,6 @@ RULES = parse_config(
         ],
     }
 ).rules
-
-
-@pytest.fixture
-def stack(database_url: str, tmp_path: Path):
-    database = Database(database_url)
-    upgrade(database)
-    layout = SpoolLayout(tmp_path / "spool", tmp_path / "quarantine")
-    layout.ensure()
-    intake = Intake(database, layout, min_free_bytes=0)
-    assembler = SeriesAssembler(database, RULES, quiet_seconds=5)
-    yield database, intake, assembler
-    database.dispose()
 
 
 def _encoded(ds) -> bytes:  # type: ignore[no-untyped-def]

@@ -13,11 +13,9 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-import pytest
 from pydicom.uid import MRImageStorage
 from sqlalchemy import func, select
 
-from db.migrate import upgrade
 from db.models import Instance, Job, Series, SeriesEvent
 from db.session import Database
 from dicomnode.jobs import transition
@@ -25,19 +23,7 @@ from dicomnode.receive.assembly import SeriesAssembler
 from dicomnode.receive.intake import SUCCESS, Intake, Outcome, Received
 from dicomnode.receive.spool import SpoolLayout
 from dicomnode.retention import purge
-from tests.node.test_database import RULES, _encoded, _small
-
-
-@pytest.fixture
-def stack(database_url: str, tmp_path: Path):
-    database = Database(database_url)
-    upgrade(database)
-    layout = SpoolLayout(tmp_path / "spool", tmp_path / "quarantine")
-    layout.ensure()
-    intake = Intake(database, layout, min_free_bytes=0)
-    assembler = SeriesAssembler(database, RULES, quiet_seconds=5)
-    yield database, intake, assembler
-    database.dispose()
+from tests.node.test_database import _encoded, _small
 
 
 def _send(intake: Intake, assembler: SeriesAssembler, datasets) -> list[Outcome]:  # type: ignore[no-untyped-def]
