@@ -107,15 +107,31 @@ class TrainConfig:
         return {"model": asdict(self.model), "data": asdict(self.data), "train": asdict(self.train)}
 
 
-def initial_weights(path: str | Path, device: torch.device) -> dict[str, torch.Tensor]:
+def initial_weights(
+    path: str | Path, device: torch.device, config: UNetConfig | None = None
+) -> dict[str, torch.Tensor]:
     """A state dict from a run's ``model.pt`` or a released (float16) ``.safetensors`` file,
-    so a later session continues from the weights committed at the end of the last one."""
+    so a later session continues from the weights committed at the end of the last one.
+
+    When ``config`` asks for more base filters than the file has (and nothing else differs),
+    the network is widened (``models.widen``) so the wider run starts from the same function.
+    """
     path = Path(path)
     if path.suffix == ".safetensors":
         from models.release import load_weights
 
-        return {k: v.to(device) for k, v in load_weights(path, None).state_dict().items()}
-    return torch.load(path, weights_only=False, map_location=device)["model"]
+        model = load_weights(path, None)
+    else:
+        saved = torch.load(path, weights_only=False, map_location="cpu")
+        model = AnisoUNet(UNetConfig(**saved["config"]["model"]))
+        model.load_state_dict(saved["model"])
+    if config is not None and config.base_filters != model.config.base_filters:
+        from models.widen import widen, widened_config
+
+        if widened_config(model.config, config.base_filters) != config:
+            raise ValueError(f"{path.name}: {model.config} cannot be widened to {config}")
+        model = widen(model, config.base_filters)
+    return {k: v.to(device) for k, v in model.state_dict().items()}
 
 
 def lr_factor(step: int, cfg: OptimConfig) -> float:
@@ -413,7 +429,7 @@ def train(
     ckpt_path = out / "checkpoint.pt"
     if t.init_from:
         # Warm start (fine-tuning): weights only; optimiser, schedule and step start afresh.
-        model.load_state_dict(initial_weights(t.init_from, device))
+        model.load_state_dict(initial_weights(t.init_from, device, cfg.model))
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, weights_only=False, map_location=device)
         model.load_state_dict(ck["model"])
