@@ -33,6 +33,9 @@ class EngineInfo:
     label. ``False`` for classical interpolation (``bspline``), which is labelled as such. True
     unless an engine says otherwise, so an engine that does not say is never passed off as
     plain interpolation."""
+    unsupervised: bool = False
+    """Whether the model was fitted to the series it enhances alone, with no training data
+    (``inr``): provenance then says so, since no other data stands behind the output."""
 
 
 @dataclass

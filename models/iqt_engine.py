@@ -200,9 +200,13 @@ def accepts_profile(profile: Mapping[str, object]) -> bool:
     """Whether a series fits what the network was trained for: low-field (< 1 T) T1 MR.
 
     Keys as in ``pipeline.engines.Profile``; a missing field strength is accepted (many
-    low-field exports omit it), a missing description is not (T1 is what was trained).
+    low-field exports omit it), a missing description is not (T1 is what was trained). When the
+    routing rules named the series' profile (``profile``), only ``T1-0.36T`` is accepted: the
+    released networks were trained on that profile's simulator alone.
     """
     if str(profile.get("Modality", "MR")).upper() != "MR":
+        return False
+    if profile.get("profile") not in (None, "", "T1-0.36T"):
         return False
     field = profile.get("MagneticFieldStrength")
     try:

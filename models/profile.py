@@ -2,7 +2,13 @@
 
 Profiles live in data files (``models/profiles/*.toml``) so a new scanner can be described
 without touching code; each file says where its numbers come from and whether they are an
-estimate.
+estimate. Besides the SNR distribution a profile may give its sequence (``[sequence]``: the
+contrast, rendered by ``models.contrast``), its slice geometry (``[geometry]``) and the tissue
+the simulator holds fixed (``[simulator] fixed_tissue``: white matter for T1 and T2 as in Lin
+et al. 2019, grey matter for FLAIR as in Lin et al. 2023).
+
+Names: the registry's profile names (``T1-0.36T``, ``T2-0.36T``, ``FLAIR-0.36T``, ``T1-64mT``,
+``T2-64mT``, ``FLAIR-64mT``), plus the older short names ``0.36T`` and ``64mT`` (T1).
 """
 
 from __future__ import annotations
@@ -14,7 +20,33 @@ from pathlib import Path
 
 import numpy as np
 
-PROFILE_FILES = {"0.36T": "t1_0.36T.toml", "64mT": "t1_64mT.toml"}
+from models.contrast.signal import Sequence
+
+PROFILE_FILES = {
+    "0.36T": "t1_0.36T.toml",
+    "64mT": "t1_64mT.toml",
+    "T1-0.36T": "t1_0.36T.toml",
+    "T2-0.36T": "t2_0.36T.toml",
+    "FLAIR-0.36T": "flair_0.36T.toml",
+    "T1-64mT": "t1_64mT.toml",
+    "T2-64mT": "t2_64mT.toml",
+    "FLAIR-64mT": "flair_64mT.toml",
+}
+PROFILE_NAMES = tuple(k for k in PROFILE_FILES if "-" in k)
+"""The registry's profile names, one per contrast and field."""
+FIXED_TISSUES = ("wm", "gm")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The slice geometry of a profile's acquisition (axial), in millimetres."""
+
+    matrix: int
+    pixel_mm: float
+    slice_thickness_mm: float
+    slice_spacing_mm: float
+    source: str = ""
+    estimate: bool = False
 
 
 @dataclass(frozen=True)
@@ -28,6 +60,11 @@ class FieldProfile:
     snr_covariance: tuple[tuple[float, float], tuple[float, float]]
     source: str = ""
     estimate: bool = False
+    sequence: Sequence | None = None
+    geometry: Geometry | None = None
+    fixed_tissue: str = "wm"
+    """The tissue whose intensity the simulator keeps: the other one is rescaled to reach the
+    drawn (SNR_WM, SNR_GM) pair, and the noise is set from the fixed one."""
 
     def draw_snr(self, rng: np.random.Generator) -> tuple[float, float]:
         """One (SNR_WM, SNR_GM) draw, clipped to at least 1 so the noise stays finite."""
@@ -44,7 +81,8 @@ class FieldProfile:
 
 
 def load_profile(name_or_path: str | Path) -> FieldProfile:
-    """Load a profile by short name (``0.36T``, ``64mT``) or from a TOML file path."""
+    """Load a profile by name (``T2-64mT``, or the short ``0.36T``, ``64mT``) or from a TOML
+    file path."""
     key = str(name_or_path)
     if key in PROFILE_FILES:
         text = resources.files("models.profiles").joinpath(PROFILE_FILES[key]).read_text()
@@ -55,6 +93,32 @@ def load_profile(name_or_path: str | Path) -> FieldProfile:
     cov = tuple(tuple(float(v) for v in row) for row in data["snr"]["covariance"])
     if len(mean) != 2 or len(cov) != 2 or any(len(r) != 2 for r in cov):
         raise ValueError(f"profile {key}: snr.mean must have 2 and snr.covariance 2x2 entries")
+    sequence = None
+    if "sequence" in data:
+        q = data["sequence"]
+        sequence = Sequence(
+            kind=q["kind"],
+            tr_ms=float(q["tr_ms"]),
+            te_ms=float(q["te_ms"]),
+            ti_ms=float(q["ti_ms"]) if "ti_ms" in q else None,
+            flip_deg=float(q.get("flip_deg", 90.0)),
+            source=q.get("source", ""),
+            estimate=bool(q.get("estimate", False)),
+        )
+    geometry = None
+    if "geometry" in data:
+        g = data["geometry"]
+        geometry = Geometry(
+            matrix=int(g["matrix"]),
+            pixel_mm=float(g["pixel_mm"]),
+            slice_thickness_mm=float(g["slice_thickness_mm"]),
+            slice_spacing_mm=float(g["slice_spacing_mm"]),
+            source=g.get("source", ""),
+            estimate=bool(g.get("estimate", False)),
+        )
+    fixed = data.get("simulator", {}).get("fixed_tissue", "wm")
+    if fixed not in FIXED_TISSUES:
+        raise ValueError(f"profile {key}: simulator.fixed_tissue must be one of {FIXED_TISSUES}")
     return FieldProfile(
         name=data["name"],
         field_strength_t=float(data["field_strength_t"]),
@@ -63,4 +127,7 @@ def load_profile(name_or_path: str | Path) -> FieldProfile:
         snr_covariance=cov,  # type: ignore[arg-type]
         source=data.get("source", ""),
         estimate=bool(data.get("estimate", False)),
+        sequence=sequence,
+        geometry=geometry,
+        fixed_tissue=fixed,
     )

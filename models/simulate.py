@@ -10,7 +10,9 @@ low-field acquisition of ``n // k`` thick slices:
 2. the GM/WM/CSF maps are degraded the same way;
 3. a target (SNR_WM, SNR_GM) is drawn from the field strength's bivariate Gaussian;
 4. the noise level is set from the white-matter mean (sigma = mean_WM / SNR_WM) and grey matter
-   is rescaled so that mean_GM / sigma = SNR_GM, which reproduces low-field GM/WM contrast;
+   is rescaled so that mean_GM / sigma = SNR_GM, which reproduces low-field GM/WM contrast
+   (for a profile whose fixed tissue is grey matter, FLAIR after Lin et al. 2023, the roles
+   swap: sigma = mean_GM / SNR_GM and white matter is rescaled);
 5. Gaussian noise (as in the paper) or Rician noise (magnitude data) of that sigma is added.
 
 The same slice-profile operator degrades predictions for the data-consistency score, so the
@@ -146,9 +148,18 @@ def simulate_low_field(
         raise ValueError("tissue maps leave too few GM/WM voxels after degradation")
     mean_wm = float(lf[wm_mask].mean())
     mean_gm = float(lf[gm_mask].mean())
-    sigma = mean_wm / snr_wm
-    gm_scale = (snr_gm * sigma) / mean_gm
-    lf = scale_grey_matter(lf, lf_maps.gm, gm_scale)
+    wm_scale = 1.0
+    if profile.fixed_tissue == "gm":
+        # Lin et al. 2023 for FLAIR: grey matter keeps its intensity and sets the noise; white
+        # matter is rescaled (the same soft map scaling, on the WM map) to reach SNR_WM.
+        sigma = mean_gm / snr_gm
+        gm_scale = 1.0
+        wm_scale = (snr_wm * sigma) / mean_wm
+        lf = scale_grey_matter(lf, lf_maps.wm, wm_scale)
+    else:
+        sigma = mean_wm / snr_wm
+        gm_scale = (snr_gm * sigma) / mean_gm
+        lf = scale_grey_matter(lf, lf_maps.gm, gm_scale)
     lf = add_noise(lf, sigma, rng, noise)
     return Simulation(
         low_field=lf,
@@ -162,6 +173,8 @@ def simulate_low_field(
             "thickness_ratio": thickness_ratio,
             "profile": profile.name,
             "noise": noise,
+            "fixed_tissue": profile.fixed_tissue,
+            "wm_scale": wm_scale,
         },
     )
 

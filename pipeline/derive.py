@@ -131,6 +131,8 @@ class Provenance:
         thin = self.source_slice_spacing / self.factor
         weights = self.engine.weights_sha256 or "none"
         method = "super-resolution" if self.engine.learned else "interpolation"
+        if getattr(self.engine, "unsupervised", False):
+            method += " (unsupervised: a model fitted per case to this series alone)"
         text = (
             f"{label + ': ' if label else ''}Through-plane {method} x{self.factor} "
             f"({self.source_slice_spacing:.3g} mm -> {thin:.3g} mm slice spacing) by engine "
@@ -261,9 +263,14 @@ def _image_comments(source: Dataset, provenance: Provenance, output: OutputSetti
     series = f"series {number}" if number not in (None, "") else "the source series"
     review = "; flagged for review (low data consistency)" if provenance.needs_review else ""
     if engine.learned:
+        fitted = (
+            "unsupervised, fitted per case to this series alone; "
+            if getattr(engine, "unsupervised", False)
+            else ""
+        )
         made = (
             f"computed by the AI model {engine.name} {engine.version} "
-            f"(through-plane super-resolution x{provenance.factor})"
+            f"({fitted}through-plane super-resolution x{provenance.factor})"
         )
     else:
         made = (

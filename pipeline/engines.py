@@ -36,7 +36,8 @@ ENTRY_POINT_GROUP = "dicomnode.engines"
 EngineFactory = Callable[[], ThroughPlaneEngine]
 Profile = Mapping[str, object]
 """Series attributes an engine may look at to accept a series: Modality, SeriesDescription,
-MagneticFieldStrength, slice_spacing, pixel_spacing (see ``pipeline.run.series_profile``)."""
+MagneticFieldStrength, slice_spacing, pixel_spacing (see ``pipeline.run.series_profile``), and
+``profile`` (e.g. ``T2-64mT``) when the routing rules named one."""
 
 
 @dataclass(frozen=True)
@@ -292,3 +293,22 @@ def _register_released_versions() -> None:
 
 
 _register_released_versions()
+
+
+def _inr() -> ThroughPlaneEngine:
+    """The unsupervised per-case engine ``inr`` (``models.inr``): no weights to load."""
+    from models.inr import create_engine
+
+    return create_engine()
+
+
+def _inr_accepts(profile: Profile) -> bool:
+    from models.inr import accepts_profile
+
+    return accepts_profile(profile)
+
+
+# Ranked below ``bspline``: fitting takes minutes per series on a CPU and the quality bench has
+# not shown it beats cubic on every profile, so it runs only when asked for by name
+# (``dicomnode enhance --model inr``).
+register_engine("inr", _inr, rank=-1, accepts=_inr_accepts)

@@ -92,11 +92,15 @@ def enhance_series(
     *,
     progress: ProgressCallback | None = None,
     volume: SeriesVolume | None = None,
+    profile_name: str | None = None,
 ) -> EnhancementResult:
     """Volume -> N4 -> (equalise) -> engine -> derived instances, timing each stage.
 
     ``volume``: the caller already built it from ``datasets`` (the node's worker does, to choose
     the model by slice geometry), so the pixel data is not decoded a second time.
+    ``profile_name``: the series' profile as the routing rules picked it (``T2-64mT``); engines
+    see it as ``profile`` when one is chosen automatically, so a model trained for another
+    profile declines the series.
     """
     settings = settings or PipelineSettings()
     timings: dict[str, float] = {}
@@ -114,6 +118,8 @@ def enhance_series(
         "slice_spacing": volume.slice_spacing,
         "pixel_spacing": min(volume.image.GetSpacing()[:2]),
     }
+    if profile_name:
+        profile = {**profile, "profile": profile_name}
     if isinstance(engine, str) or engine is None:
         chosen, choice = choose_engine(engine, profile)
     else:

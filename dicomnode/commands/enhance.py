@@ -52,6 +52,33 @@ def _settings(config: Path | None, output_format: OutputFormat) -> PipelineSetti
     return PipelineSettings.model_validate(data)
 
 
+def _pick_profile(datasets: list, config: Path | None) -> tuple[str | None, str]:
+    """The series' profile as the node would pick it: the first ``enhance`` rule of
+    ``--config`` that holds (its ``profile``, else ``[runner] default_profile``), or without a
+    configuration the built-in profile rules (``dicomnode.receive.profile_rules``); with the
+    reason in words. No rule holding is no refusal here: the engine is chosen without one."""
+    from dicomnode.receive.profile_rules import pick_profile
+
+    if not datasets:
+        return None, "no instances"
+    rules, default, where = None, None, "built-in profile rules"
+    if config is not None:
+        from dicomnode.config import ConfigError, load_config
+
+        try:
+            loaded = load_config(config)
+        except ConfigError:
+            loaded = None  # the [pipeline] table was read already; rules are optional here
+        if loaded is not None:
+            rules, default, where = loaded.rules, loaded.runner.default_profile, str(config)
+    profile, rule = pick_profile(datasets[0], rules)
+    if rule is None:
+        return None, f"no enhance rule of the {where} holds for this series"
+    if profile is None:
+        return default, f"rule {rule!r} of the {where} (the default profile)"
+    return profile, f"rule {rule!r} of the {where}"
+
+
 def enhance(
     inputs: Annotated[
         list[Path], typer.Argument(help="DICOM files and/or folders holding ONE series.")
@@ -111,7 +138,11 @@ def enhance(
 
             advance("read")
             datasets = read_series(inputs)
-            result = enhance_series(datasets, settings, model, progress=advance)
+            profile, why = _pick_profile(datasets, config)
+            console.print(f"profile {profile or 'none'}: {why}", markup=False, highlight=False)
+            result = enhance_series(
+                datasets, settings, model, progress=advance, profile_name=profile
+            )
             advance("write")
             for ds in result.datasets:
                 stamp(ds)
