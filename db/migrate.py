@@ -12,6 +12,7 @@ from alembic.script import ScriptDirectory
 from db.session import Database
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+MIGRATION_LOCK = 0x64636D6E  # pg_advisory_lock key held while migrating ("dcmn")
 
 
 def alembic_config(database: Database) -> AlembicConfig:
@@ -27,9 +28,20 @@ def upgrade(database: Database, revision: str = "head") -> str | None:
     with database.engine.connect() as connection:
         if database.dialect == "sqlite":
             connection.exec_driver_sql("COMMIT") if connection.in_transaction() else None
-        config.attributes["connection"] = connection
-        command.upgrade(config, revision)
-        connection.commit()
+        elif database.dialect == "postgresql":
+            # Several machines start at once (receivers and workers all migrate at start): one
+            # migrates, the others wait for it and then find the schema at head.
+            connection.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATION_LOCK})")
+            connection.commit()
+        try:
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+            connection.commit()
+        finally:
+            if database.dialect == "postgresql":
+                connection.rollback()
+                connection.exec_driver_sql(f"SELECT pg_advisory_unlock({MIGRATION_LOCK})")
+                connection.commit()
     return current_revision(database)
 
 

@@ -141,6 +141,12 @@ class Job(Base):
     # queues the job again until ``[runner] worker_died_retries`` is spent, then fails it.
     worker_deaths: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     result: Mapped[dict | None] = mapped_column(JSON)
+    # Several machines (dicomnode.cluster): the worker holding a ``processing`` job and until
+    # when (renewed while it runs; taken over only once expired), and when the job's id last
+    # went to the broker (NULL: it needs a message; the reconciler publishes it).
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_until: Mapped[dt.datetime | None]
+    published_at: Mapped[dt.datetime | None]
 
     events: Mapped[list[JobEvent]] = relationship(order_by="JobEvent.id")
 
@@ -174,6 +180,7 @@ class QuarantinedObject(Base):
 
 
 Index("ix_jobs_series_state", Job.series_id, Job.state)
+Index("ix_jobs_state_lease", Job.state, Job.lease_until)
 
 
 class DeliveryState:
@@ -208,6 +215,10 @@ class Delivery(Base):
     converted: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[dt.datetime | None]
+    # The sender holding the row for its batch (``FOR UPDATE SKIP LOCKED`` claim), so that two
+    # senders, on one machine or several, never send the same row at once.
+    claim_owner: Mapped[str | None] = mapped_column(String(128))
+    claim_until: Mapped[dt.datetime | None]
 
 
 Index("ix_deliveries_due", Delivery.destination, Delivery.state, Delivery.next_attempt_at)
@@ -277,3 +288,31 @@ class ModelActivation(Base):
     action: Mapped[str] = mapped_column(String(16))
     by: Mapped[str | None] = mapped_column(String(128))
     reason: Mapped[str | None] = mapped_column(Text)
+
+
+class WorkerState:
+    RUNNING = "running"
+    DRAINING = "draining"  # SIGTERM: finishing (or returning) its job, taking no new one
+    STOPPED = "stopped"
+
+
+class Worker(Base):
+    """One ``dicomnode worker`` (a Celery worker): what ``dicomnode status`` and ``/metrics``
+    show. Written by the worker itself at start, at every heartbeat and at stop."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    device: Mapped[str] = mapped_column(String(32))
+    pool: Mapped[str] = mapped_column(String(16))
+    concurrency: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+    current_jobs: Mapped[list | None] = mapped_column(JSON)
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    jobs_done: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    jobs_failed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    jobs_returned: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    busy_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from dicomnode.commands import demo, models, node_admin, records, status
+from dicomnode.commands import worker as cluster_worker
 from dicomnode.commands.enhance import enhance
 from dicomnode.commands.evaluate import evaluate
 from dicomnode.commands.simulate import simulate
@@ -18,6 +19,7 @@ app = typer.Typer(
 
 # --- command registration (one line per command) ---
 app.command("serve")(node_admin.serve)
+app.command("worker")(cluster_worker.worker)
 app.command("echo")(node_admin.echo)
 app.command("status")(status.status)
 app.command("demo")(demo.demo)

@@ -193,6 +193,9 @@ class DeliverySettings(_Strict):
     connect_timeout_seconds: float = Field(default=10.0, gt=0)
     dimse_timeout_seconds: float = Field(default=60.0, gt=0)
     stop_timeout_seconds: float = Field(default=20.0, gt=0)
+    # How long a sender holds the outbox rows of its batch (renewed as results are committed);
+    # a sender that died releases them when this runs out, to any other sender.
+    claim_seconds: float = Field(default=120.0, gt=0)
 
     @model_validator(mode="after")
     def _ordered(self) -> DeliverySettings:
@@ -282,12 +285,46 @@ class RunnerSettings(_Strict):
     output_format: Literal["sc", "mr"] | None = None
 
 
+class ClusterSettings(_Strict):
+    """Several machines (README "Running on several machines"): off by default.
+
+    With ``enabled``, ``serve`` runs no job runner: it receives, delivers and publishes the ids
+    of queued ``enhance`` jobs to the Celery ``queue`` on ``broker_url`` (RabbitMQ), and
+    ``dicomnode worker`` processes on any machine run them. PostgreSQL (``[node] database_url``)
+    is the one record and ``data_dir`` a shared POSIX path. A worker holds a job with a lease of
+    ``lease_seconds``, renewed every ``heartbeat_seconds``; a job is taken over only once its
+    lease has expired, and fails after ``max_attempts`` claims. A queued job whose message is
+    not in the broker after ``republish_seconds`` is published again. On SIGTERM a worker
+    finishes its job within ``drain_seconds`` or returns it to the queue.
+    """
+
+    enabled: bool = False
+    broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
+    queue: str = Field(default="dicomnode.enhance", min_length=1, max_length=200)
+    lease_seconds: float = Field(default=60.0, gt=0)
+    heartbeat_seconds: float = Field(default=10.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    publish_interval_seconds: float = Field(default=0.5, gt=0)
+    republish_seconds: float = Field(default=60.0, gt=0)
+    drain_seconds: float = Field(default=30.0, ge=0)
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> ClusterSettings:
+        if self.heartbeat_seconds * 2 > self.lease_seconds:
+            raise ValueError(
+                "heartbeat_seconds: must be at most half of lease_seconds, so that one late "
+                "renewal does not lose the lease"
+            )
+        return self
+
+
 class Config(_Strict):
     node: NodeSettings = Field(default_factory=NodeSettings)
     completion: CompletionSettings = Field(default_factory=CompletionSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     destinations: list[Destination] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)
     pipeline: dict[str, Any] = Field(default_factory=dict)
@@ -309,6 +346,16 @@ class Config(_Strict):
         from pipeline.settings import PipelineSettings
 
         return PipelineSettings.model_validate(self.pipeline)
+
+    @model_validator(mode="after")
+    def _cluster_needs_a_server_database(self) -> Config:
+        url = self.node.database_url or ""
+        if self.cluster.enabled and not url.startswith("postgresql"):
+            raise ValueError(
+                "cluster.enabled: several machines share one PostgreSQL database; set "
+                "[node] database_url = 'postgresql+psycopg://...' (SQLite is one machine's)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _cross_references(self) -> Config:

@@ -8,6 +8,7 @@ the in-process delivery latency histogram.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import threading
@@ -18,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import func, select
 
-from db.models import Delivery, Instance, Job, Series, SeriesState
+from db.models import Delivery, Instance, Job, Series, SeriesState, Worker, WorkerState, utcnow
 from dicomnode.deliver.delivery import DELIVERY_SECONDS
 from dicomnode.process.runner import PROCESSING_SECONDS
 
@@ -50,6 +51,7 @@ class NodeCollector:
                     Delivery.destination, Delivery.state
                 )
             ).all()
+            workers = list(session.scalars(select(Worker).order_by(Worker.name)))
         yield CounterMetricFamily(
             "dicomnode_instances_received", "Instances stored by the SCP", value=instances
         )
@@ -68,6 +70,7 @@ class NodeCollector:
         for destination, state, count in deliveries:
             family.add_metric([destination, state], count)
         yield family
+        yield from _worker_families(workers, self.node.config.cluster.lease_seconds)
         health = self.node.health()
         yield GaugeMetricFamily(
             "dicomnode_free_disk_bytes",
@@ -77,6 +80,44 @@ class NodeCollector:
         yield GaugeMetricFamily(
             "dicomnode_healthy", "1 when /healthz passes", value=1.0 if health["healthy"] else 0.0
         )
+
+
+def _worker_families(workers: list[Worker], lease_seconds: float):  # type: ignore[no-untyped-def]
+    """Per-worker figures of a cluster (``dicomnode worker`` rows; none on one machine)."""
+    now = utcnow()
+    up = GaugeMetricFamily(
+        "dicomnode_worker_up",
+        "1 when the worker's heartbeat is younger than a lease and it has not stopped",
+        labels=["worker", "device"],
+    )
+    age = GaugeMetricFamily(
+        "dicomnode_worker_heartbeat_age_seconds",
+        "Seconds since the worker's last heartbeat",
+        labels=["worker"],
+    )
+    busy = GaugeMetricFamily(
+        "dicomnode_worker_running_jobs", "Jobs the worker runs now", labels=["worker"]
+    )
+    jobs = CounterMetricFamily(
+        "dicomnode_worker_jobs",
+        "Jobs each worker finished, by outcome (stored, failed, returned to the queue)",
+        labels=["worker", "outcome"],
+    )
+    seconds = CounterMetricFamily(
+        "dicomnode_worker_busy_seconds", "Seconds each worker spent running jobs", labels=["worker"]
+    )
+    for w in workers:
+        beat = w.heartbeat_at if w.heartbeat_at.tzinfo else w.heartbeat_at.replace(tzinfo=dt.UTC)
+        seconds_ago = max(0.0, (now - beat).total_seconds())
+        alive = w.state != WorkerState.STOPPED and seconds_ago <= lease_seconds
+        up.add_metric([w.name, w.device], 1.0 if alive else 0.0)
+        age.add_metric([w.name], seconds_ago)
+        busy.add_metric([w.name], float(len(w.current_jobs or [])) if alive else 0.0)
+        jobs.add_metric([w.name, "stored"], w.jobs_done)
+        jobs.add_metric([w.name, "failed"], w.jobs_failed)
+        jobs.add_metric([w.name, "returned"], w.jobs_returned)
+        seconds.add_metric([w.name], w.busy_seconds)
+    yield from (up, age, busy, jobs, seconds)
 
 
 class HealthServer:

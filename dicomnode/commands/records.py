@@ -74,6 +74,8 @@ def job_row(job: Job) -> dict[str, object]:
         "worker": job.worker,
         "attempts": job.attempts,
         "worker_deaths": job.worker_deaths,
+        "lease_owner": job.lease_owner,
+        "lease_until": job.lease_until,
         "created_at": job.created_at,
         "updated_at": job.updated_at,
     }

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 import urllib.request
 
 import typer
 from sqlalchemy import func, select
 
-from db.models import Delivery, DeliveryState, Job, JobState, ModelState, ModelVersion
+from db.models import (
+    Delivery,
+    DeliveryState,
+    Job,
+    JobState,
+    ModelState,
+    ModelVersion,
+    Worker,
+    WorkerState,
+    utcnow,
+)
 from dicomnode.commands.common import ConfigOption, JsonOption, console, emit_one, load_or_exit
 
 
@@ -33,6 +44,7 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
             held = session.scalar(
                 select(func.count()).where(Job.state == JobState.STORED, Job.review == "held")
             )
+            workers = cluster_workers(session, settings)
             destinations = []
             for dest in settings.destinations:
                 counts = dict(
@@ -90,12 +102,18 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
         "min_free_mb": node.min_free_mb,
         "destinations": destinations,
     }
+    if settings.cluster.enabled:
+        row["queued"] = jobs.get(JobState.QUEUED, 0)
+        row["broker_ready_messages"] = _broker_depth(settings)
+        row["workers"] = workers
     if not as_json:
         row["jobs"] = ", ".join(f"{k} {v}" for k, v in row["jobs"].items()) or "none"  # type: ignore[union-attr]
         row["active_models"] = ", ".join(active_models) or "none (run `dicomnode models list`)"
     emit_one(row, as_json)
     if not as_json and not destinations:
         console.print("no destinations configured")
+    if not as_json and settings.cluster.enabled and not workers:
+        console.print("no worker has ever started (`dicomnode worker` on a worker machine)")
     raise typer.Exit(0)
 
 
@@ -109,3 +127,41 @@ _STATES = [
     JobState.FAILED,
     JobState.CANCELLED,
 ]
+
+
+def cluster_workers(session, settings) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
+    """Every worker that ever started: device, current job(s), last heartbeat and its age.
+
+    ``lost`` is a worker whose heartbeat is older than a lease: its jobs are being taken over.
+    """
+    now = utcnow()
+    rows = []
+    for w in session.scalars(select(Worker).order_by(Worker.name)):
+        beat = w.heartbeat_at if w.heartbeat_at.tzinfo else w.heartbeat_at.replace(tzinfo=dt.UTC)
+        age = (now - beat).total_seconds()
+        state = w.state
+        if state != WorkerState.STOPPED and age > settings.cluster.lease_seconds:
+            state = "lost"
+        rows.append(
+            {
+                "name": w.name,
+                "host": w.hostname,
+                "device": w.device,
+                "pool": f"{w.pool}/{w.concurrency}",
+                "state": state,
+                "current_jobs": ",".join(str(j) for j in (w.current_jobs or [])) or None,
+                "last_heartbeat": beat,
+                "heartbeat_age_s": round(age, 1),
+                "done": w.jobs_done,
+                "failed": w.jobs_failed,
+                "returned": w.jobs_returned,
+            }
+        )
+    return rows
+
+
+def _broker_depth(settings) -> int | None:  # type: ignore[no-untyped-def]
+    """Messages waiting in the broker's queue (None when the broker does not answer)."""
+    from dicomnode.cluster.broker import make_app, ready_messages
+
+    return ready_messages(make_app(settings.cluster), settings.cluster.queue)

@@ -26,12 +26,20 @@ are idempotent by SOP Instance UID).
 
 ``forward`` jobs send the spooled originals unchanged; the job runner (enhance) will call
 ``enqueue`` with its derived files.
+
+A sender claims its batch (``FOR UPDATE SKIP LOCKED`` and ``claim_owner``/``claim_until``,
+renewed at each commit of results, released when it stops), so several senders (receivers on
+several machines, ``[cluster]``) never send the same row at once; a dead sender's rows are due
+to the others once its claim runs out (``[delivery] claim_seconds``). On one machine the node
+clears its own stale claims at start.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -39,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import Histogram
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.models import Delivery, DeliveryState, Instance, Job, JobState, utcnow
@@ -257,11 +265,16 @@ def retry(session: Session, job_id: int) -> tuple[Job, int]:
         row.attempts = 0
         row.next_attempt_at = now
     outbox = session.scalar(select(func.count()).where(Delivery.job_id == job_id))
+    for row in rows:
+        row.claim_owner = None
+        row.claim_until = None
     if job.state == JobState.FAILED:
         if outbox:
             transition(session, job, JobState.STORED, f"retry: {len(rows)} delivery(ies) re-armed")
         else:
             job.worker_deaths = 0  # a person asked again: the automatic retries start afresh
+            job.attempts = 0  # and so do the claims counted against [cluster] max_attempts
+            job.published_at = None
             transition(session, job, JobState.QUEUED, "retry: queued again")
     return job, len(rows)
 
@@ -285,6 +298,8 @@ class DestinationWorker:
         self.thread = threading.Thread(
             target=self._run, name=f"delivery-{destination.name}", daemon=True
         )
+        # who holds claimed outbox rows: unique per process and destination, on any machine
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{destination.name}"[:128]
         self.last_success: dt.datetime | None = None
         self.last_failure: dt.datetime | None = None
         self.last_error: str | None = None
@@ -314,8 +329,19 @@ class DestinationWorker:
             if not worked:
                 self.wake.wait(self.settings.poll_interval_seconds)
                 self.wake.clear()
+        try:
+            self.release_claims()
+        except Exception:  # noqa: BLE001 - the claims run out by themselves
+            log.exception("could not release outbox claims", extra={"destination": self.name})
 
     def due(self, limit: int) -> list[Item]:
+        """Claim up to ``limit`` due rows for this sender and return them.
+
+        ``FOR UPDATE SKIP LOCKED`` (PostgreSQL; SQLite's write lock serialises the same
+        transaction) and the claim columns mean that another sender, in this process or on
+        another machine, neither waits for these rows nor sends them while the claim lasts.
+        """
+        now = utcnow()
         with self.database.session() as session:
             rows = session.execute(
                 select(
@@ -329,13 +355,33 @@ class DestinationWorker:
                 .where(
                     Delivery.destination == self.name,
                     Delivery.state == DeliveryState.PENDING,
-                    Delivery.next_attempt_at <= utcnow(),
+                    Delivery.next_attempt_at <= now,
+                    or_(Delivery.claim_until.is_(None), Delivery.claim_until < now),
                     Job.state == JobState.STORED,
                 )
                 .order_by(Delivery.id)
                 .limit(limit)
+                .with_for_update(skip_locked=True, of=Delivery)
             ).all()
+            if rows:
+                session.execute(
+                    update(Delivery)
+                    .where(Delivery.id.in_([r[0] for r in rows]))
+                    .values(claim_owner=self.owner, claim_until=self._claim_deadline(now))
+                )
         return [Item(r[0], Path(r[1]), r[2], r[3], r[4]) for r in rows]
+
+    def _claim_deadline(self, now: dt.datetime) -> dt.datetime:
+        return now + dt.timedelta(seconds=self.settings.claim_seconds)
+
+    def release_claims(self) -> None:
+        """Give back the rows this sender still holds (it stops): due again for any sender."""
+        with self.database.session() as session:
+            session.execute(
+                update(Delivery)
+                .where(Delivery.claim_owner == self.owner)
+                .values(claim_owner=None, claim_until=None)
+            )
 
     def run_once(self) -> bool:
         """Send one batch of due rows; returns whether there was anything to do."""
@@ -390,6 +436,8 @@ class DestinationWorker:
                 row = session.get(Delivery, result.key)
                 if row is None or row.state != DeliveryState.PENDING:
                     continue
+                row.claim_owner = None
+                row.claim_until = None
                 if result.outcome == UNSENT:  # never on the wire: no attempt, due again now
                     row.next_attempt_at = now
                     continue
@@ -409,6 +457,12 @@ class DestinationWorker:
                     self._schedule_retry(row, result.error or "failure", now)
             for job_id in sorted(jobs):
                 settle(session, job_id)
+            # the rest of the batch is still being sent: keep holding it
+            session.execute(
+                update(Delivery)
+                .where(Delivery.claim_owner == self.owner, Delivery.state == DeliveryState.PENDING)
+                .values(claim_until=self._claim_deadline(now))
+            )
 
     def _fail_now(self, row: Delivery, error: str, now: dt.datetime) -> None:
         row.last_error = error
@@ -448,12 +502,20 @@ class DestinationWorker:
                         Delivery.destination == self.name,
                         Delivery.state == DeliveryState.PENDING,
                         Delivery.next_attempt_at <= now,
+                        or_(
+                            Delivery.claim_owner == self.owner,
+                            Delivery.claim_until.is_(None),
+                            Delivery.claim_until < now,
+                        ),
                         Job.state == JobState.STORED,
                     )
+                    .with_for_update(skip_locked=True, of=Delivery)
                 )
             )
             jobs = set()
             for row in rows:
+                row.claim_owner = None
+                row.claim_until = None
                 row.attempts += 1
                 row.last_attempt_at = now
                 row.last_status = None
@@ -474,6 +536,15 @@ class DeliveryService:
         self._dispatcher = threading.Thread(target=self._dispatch, name="dispatch", daemon=True)
 
     def start(self) -> None:
+        if not self.config.cluster.enabled:
+            # one machine, one sender per destination: claims left by a crash of this node
+            # are its own, so they need not run out before sending resumes
+            with self.database.session() as session:
+                session.execute(
+                    update(Delivery)
+                    .where(Delivery.claim_owner.is_not(None))
+                    .values(claim_owner=None, claim_until=None)
+                )
         for worker in self.workers.values():
             worker.start()
         self._dispatcher.start()

@@ -317,6 +317,12 @@ class JobRunner:
                     return request
                 session.flush()  # the job was settled without a worker; look at the next one
 
+    def prepare(self, session: Session, job: Job, slot: WorkerSlot) -> WorkRequest | None:
+        """Move ``job`` (queued, locked by the caller) to ``processing`` on ``slot``; None when
+        it was settled without a worker (no model, originals purged). ``dicomnode worker``
+        claims jobs by id through this, with its lease."""
+        return self._prepare(session, job, slot)
+
     def _prepare(self, session: Session, job: Job, slot: WorkerSlot) -> WorkRequest | None:
         profile = job.profile or self.settings.default_profile
         rows = registry.active_models(session, profile)
@@ -342,7 +348,7 @@ class JobRunner:
         specs = {k: spec_of(row) for k, row in rows.items()}
         models = ", ".join(f"{s.name}@{s.version}/k{s.factor}" for s in specs.values())
         job.attempts = (job.attempts or 0) + 1
-        job.worker = slot.name
+        job.worker = slot.name[:32]
         transition(
             session, job, JobState.PROCESSING, f"on {slot.name}: profile {profile}, {models}"
         )
@@ -356,11 +362,32 @@ class JobRunner:
         )
 
     # --- outcomes ---------------------------------------------------------------------------------
-    def finish(self, slot: WorkerSlot, request: WorkRequest, outcome: WorkResult | _Parked) -> None:
+    def finish(
+        self,
+        slot: WorkerSlot,
+        request: WorkRequest,
+        outcome: WorkResult | _Parked,
+        owner: str | None = None,
+    ) -> None:
+        """Commit ``outcome``. With ``owner`` (a cluster worker's lease), only while the job
+        is still held by that lease: a run whose lease expired and was taken over records
+        nothing, and leaves the output folder to the run that took it over."""
         with self.database.session() as session:
             job = session.get(Job, request.job_id, with_for_update=True)
             if job is None:
                 return
+            if owner is not None and job.lease_owner != owner:
+                log.warning(
+                    "job %s: the lease of %s was lost (now %s); this run's outcome is discarded",
+                    job.id,
+                    owner,
+                    job.lease_owner or "free",
+                    extra={"job_id": job.id, "series_uid": job.series_uid},
+                )
+                return
+            if owner is not None:
+                job.lease_owner = None
+                job.lease_until = None
             if job.state != JobState.PROCESSING:
                 log.warning(
                     "job %s became %s while processing; its outputs are discarded",

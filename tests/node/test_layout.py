@@ -18,7 +18,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 OURS = ("dicomnode", "pipeline", "models", "db")
-STAGES = ("dicomnode.net", "dicomnode.receive", "dicomnode.process", "dicomnode.deliver")
+STAGES = (
+    "dicomnode.net",
+    "dicomnode.receive",
+    "dicomnode.process",
+    "dicomnode.deliver",
+    "dicomnode.cluster",
+)
 SHARED = (
     "dicomnode.jobs",
     "dicomnode.config",
@@ -42,6 +48,8 @@ RULES: dict[str, tuple[str, ...]] = {
         "db",
     ),
     "dicomnode.deliver": ("dicomnode.deliver", "dicomnode.net", *SHARED, "db"),
+    # several machines: drives the runner's claim and outcome under a lease; never the reverse
+    "dicomnode.cluster": ("dicomnode.cluster", "dicomnode.process", *SHARED, "db"),
     # the shared modules import no stage
     "dicomnode.jobs": ("dicomnode.jobs", "dicomnode.logs", "db"),
     "dicomnode.config": ("dicomnode.config", "dicomnode.rule_patterns", "pipeline"),
