@@ -258,6 +258,32 @@ class Rule(_Strict):
         return value
 
 
+class ProfileEngine(_Strict):
+    """A weightless engine that enhances a profile no trained model serves (``[profiles.NAME]``).
+
+    For example ``[profiles."T2-64mT"] engine = "inr"`` runs the unsupervised per-case INR
+    (``models.inr``) on every series the rules route to ``T2-64mT``, with ``options`` (fields of
+    ``models.inr.INRSettings``: ``iterations``, ``time_budget_s`` ...). A trained model that is
+    registered and active for the profile (``dicomnode models activate``) takes precedence, so
+    a site can move a profile to a trained model without editing this file. The options are
+    checked when the configuration is read.
+    """
+
+    engine: str = Field(min_length=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _engine_builds(self) -> ProfileEngine:
+        from pipeline.engines import build_engine
+        from pipeline.errors import EnhanceError
+
+        try:
+            build_engine(self.engine, **self.options)
+        except EnhanceError as exc:
+            raise ValueError(exc.message) from None
+        return self
+
+
 class RunnerSettings(_Strict):
     """The job runner: worker processes that keep their model loaded between jobs.
 
@@ -327,6 +353,7 @@ class Config(_Strict):
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     destinations: list[Destination] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)
+    profiles: dict[str, ProfileEngine] = Field(default_factory=dict)
     pipeline: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("pipeline")

@@ -490,9 +490,10 @@ class _Fit:
         return image, probs
 
 
-def create_engine() -> INREngine:
-    """Zero-argument factory for the pipeline's engine registry."""
-    return INREngine()
+def create_engine(**options: object) -> INREngine:
+    """Factory for the pipeline's engine registry; ``options`` are ``INRSettings`` fields (a
+    site's ``[profiles.NAME] options``), none for the defaults."""
+    return INREngine(INRSettings(**options))  # type: ignore[arg-type]
 
 
 def accepts_profile(profile: Mapping[str, object]) -> bool:

@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "dicomnode.engines"
 
-EngineFactory = Callable[[], ThroughPlaneEngine]
+EngineFactory = Callable[..., ThroughPlaneEngine]
+"""Builds an engine; weightless engines take their options as keywords (``build_engine``)."""
 Profile = Mapping[str, object]
 """Series attributes an engine may look at to accept a series: Modality, SeriesDescription,
 MagneticFieldStrength, slice_spacing, pixel_spacing (see ``pipeline.run.series_profile``), and
@@ -127,6 +128,38 @@ def get_engine(name: str) -> ThroughPlaneEngine:
         raise EnhanceError("engine-invalid", f"engine {name!r} does not implement the contract")
     with _lock:
         _instances[name] = engine
+    return engine
+
+
+def build_engine(name: str, /, **options: object) -> ThroughPlaneEngine:
+    """A new engine ``name`` that needs no weights file (``bspline``, ``inr``), built with
+    ``options`` (for ``inr``: the fields of ``models.inr.INRSettings``, e.g. ``iterations``,
+    ``time_budget_s``, ``device``, ``threads``).
+
+    How the node runs a profile that no trained model serves: ``[profiles."T2-0.36T"] engine =
+    "inr"`` in its configuration. Not kept here: the caller (the worker) keeps it. Unknown
+    options are an error that names them, so a typo in the configuration is refused at start.
+    """
+    _load_entry_points()
+    with _lock:
+        registration = _registry.get(name)
+    if registration is None:
+        raise EnhanceError(
+            "unknown-engine",
+            f"no engine named {name!r}; available: {', '.join(available_engines())}",
+        )
+    if registration.from_weights is not None:
+        raise EnhanceError(
+            "engine-needs-weights",
+            f"engine {name!r} runs trained weights: register and activate them with "
+            "'dicomnode models' instead",
+        )
+    try:
+        engine = registration.factory(**options)
+    except TypeError as exc:
+        raise EnhanceError("engine-options", f"engine {name!r}: {exc}") from exc
+    if not isinstance(engine, ThroughPlaneEngine):
+        raise EnhanceError("engine-invalid", f"engine {name!r} does not implement the contract")
     return engine
 
 
@@ -295,11 +328,12 @@ def _register_released_versions() -> None:
 _register_released_versions()
 
 
-def _inr() -> ThroughPlaneEngine:
-    """The unsupervised per-case engine ``inr`` (``models.inr``): no weights to load."""
+def _inr(**options: object) -> ThroughPlaneEngine:
+    """The unsupervised per-case engine ``inr`` (``models.inr``): no weights to load;
+    ``options`` are ``INRSettings`` fields."""
     from models.inr import create_engine
 
-    return create_engine()
+    return create_engine(**options)
 
 
 def _inr_accepts(profile: Profile) -> bool:

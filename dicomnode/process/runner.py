@@ -323,10 +323,26 @@ class JobRunner:
         claims jobs by id through this, with its lease."""
         return self._prepare(session, job, slot)
 
+    def _configured_engine(self, profile: str) -> dict[int, ModelSpec]:
+        """Factor -> spec of the weightless engine ``[profiles.NAME]`` names, if any: how a
+        profile without a trained model (T2, FLAIR, 64 mT) is enhanced, by ``inr``."""
+        configured = self.config.profiles.get(profile)
+        if configured is None:
+            return {}
+        from pipeline.engines import build_engine
+
+        engine = build_engine(configured.engine, **configured.options)
+        info = engine.info
+        return {
+            k: ModelSpec(None, info.name, info.version, k, "", "", options=configured.options)
+            for k in engine.supported_factors
+        }
+
     def _prepare(self, session: Session, job: Job, slot: WorkerSlot) -> WorkRequest | None:
         profile = job.profile or self.settings.default_profile
         rows = registry.active_models(session, profile)
-        if not rows:
+        specs = {k: spec_of(row) for k, row in rows.items()} or self._configured_engine(profile)
+        if not specs:
             self._no_model(session, job, f"no active model for profile {profile!r}")
             return None
         instances = list(
@@ -345,7 +361,6 @@ class JobRunner:
             )
             transition(session, job, JobState.FAILED, reason)
             return None
-        specs = {k: spec_of(row) for k, row in rows.items()}
         models = ", ".join(f"{s.name}@{s.version}/k{s.factor}" for s in specs.values())
         job.attempts = (job.attempts or 0) + 1
         job.worker = slot.name[:32]

@@ -13,6 +13,7 @@ what happened.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -41,9 +42,10 @@ that load as its network, and each version reports its own name and version."""
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One registered weights file, as the runner resolved it when it claimed the job."""
+    """One registered weights file, as the runner resolved it when it claimed the job; or a
+    weightless engine configured for the profile (``[profiles.NAME]``: no id, no path)."""
 
-    id: int
+    id: int | None
     name: str
     version: str
     factor: int
@@ -51,6 +53,8 @@ class ModelSpec:
     sha256: str
     tile: dict | None = None
     consistency_correction: bool = False
+    options: dict | None = None
+    """Options of a weightless engine (``pipeline.engines.build_engine``)."""
 
 
 @dataclass(frozen=True)
@@ -95,16 +99,27 @@ class EngineCache:
     def __init__(self, device: str, threads: int | None):
         self.device = device
         self.threads = threads
-        self._engines: dict[tuple[int, str, str], object] = {}
+        self._engines: dict[tuple[object, str, str], object] = {}
 
     def get(self, spec: ModelSpec, device: str | None = None) -> Any:
-        from pipeline.engines import WeightsFile, get_engine, load_engine
+        from pipeline.engines import WeightsFile, build_engine, get_engine, load_engine
 
         if spec.name == CLASSICAL_ENGINE and not spec.path:
             # a registry row for classical interpolation (no weights): bench/bench_cluster.py
             # measures the orchestration with it, so that compute does not hide it
             return get_engine(CLASSICAL_ENGINE)
         device = device or self.device
+        if not spec.path:
+            # a weightless engine configured for the profile (inr): built once per options and
+            # device, on this slot's device and threads unless the options say otherwise
+            options = dict(spec.options or {})
+            options.setdefault("device", "cuda" if device.startswith("cuda") else "cpu")
+            options.setdefault("threads", self.threads)
+            key_options = json.dumps(options, sort_keys=True, default=str)
+            key = (spec.name, key_options, device)
+            if key not in self._engines:
+                self._engines[key] = build_engine(spec.name, **options)
+            return self._engines[key]
         key = (spec.id, spec.sha256, device)
         if key not in self._engines:
             started = time.perf_counter()
