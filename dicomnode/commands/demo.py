@@ -61,6 +61,10 @@ TARGET_SPACING_MM = 1.5
 0.9 mm) the runner would pick the k = 8 model and write twice as many slices."""
 FIELD_OF_VIEW_MM = 230.4
 """256 x 0.9 mm, kept when ``--rows`` asks for a smaller matrix."""
+DEMO_INR_OPTIONS = {"iterations": 150, "time_budget_s": 90.0}
+"""``--profile`` other than T1-0.36T: no trained model serves it, so the demo configures the
+unsupervised ``inr`` engine for it, fitted for at most 90 s so the demo stays a demo (the node's
+default is 400 iterations within 300 s)."""
 
 
 def say(text: str) -> None:
@@ -81,18 +85,27 @@ def demo_config(
     quiet_seconds: float = 5.0,
     gpu: str = "auto",
     cpu_workers: int | None = None,
+    profile: str = PROFILE,
 ) -> Config:
-    """The embedded configuration: one rule for low-field T1 to one PACS on loopback."""
+    """The embedded configuration: one rule for low-field T1 to one PACS on loopback; for
+    another ``profile``, one rule for that profile, enhanced by the ``inr`` engine."""
     from dicomnode.config import parse_config
 
     rule: dict[str, Any] = {
-        "name": RULE,
+        "name": demo_rule(profile),
         "match": {"Modality": "MR", "MagneticFieldStrength": "<1.0", "SeriesDescription": "(?i)t1"},
         "action": action,
         "destinations": ["pacs"],
     }
+    engines: dict[str, Any] = {}
+    enhance: dict[str, Any] = {"target_spacing_mm": TARGET_SPACING_MM}
+    if profile != PROFILE:
+        # the demo sends one simulated series of that profile: every MR series is it
+        rule["match"] = {"Modality": "MR"}
+        engines = {profile: {"engine": "inr", "options": DEMO_INR_OPTIONS}}
+        enhance = {}  # the profile's own geometry decides the factor (to its pixel size)
     if action == "enhance":
-        rule.update(profile=PROFILE, forward_originals=forward_originals, when_no_model="forward")
+        rule.update(profile=profile, forward_originals=forward_originals, when_no_model="forward")
     return parse_config(
         {
             "node": {
@@ -118,14 +131,19 @@ def demo_config(
                 "job_timeout_seconds": 900,
                 "poll_interval_seconds": 0.1,
             },
-            "pipeline": {"enhance": {"target_spacing_mm": TARGET_SPACING_MM}},
+            "pipeline": {"enhance": enhance},
             "destinations": [
                 {"name": "pacs", "ae_title": PACS_AET, "host": "127.0.0.1", "port": pacs_port}
             ],
             "rules": [rule],
+            "profiles": engines,
         },
         "demo",
     )
+
+
+def demo_rule(profile: str) -> str:
+    return RULE if profile == PROFILE else f"demo-{profile.lower()}"
 
 
 # --- tools ----------------------------------------------------------------------------------------
@@ -436,12 +454,16 @@ def _start_pacs(folders: Folders) -> Orthanc | None:
     return pacs
 
 
-def _active_model(node: Node) -> str:
+def _active_model(node: Node, profile: str) -> str:
     from dicomnode.process import registry
 
     with node.database.session() as session:
-        rows = registry.active_models(session, PROFILE)
-        return ", ".join(f"{r.name}@{r.version}/k{r.factor}" for r in rows.values()) or "none"
+        rows = registry.active_models(session, profile)
+        names = ", ".join(f"{r.name}@{r.version}/k{r.factor}" for r in rows.values())
+    configured = node.config.profiles.get(profile)
+    if not names and configured is not None:
+        return f"the {configured.engine!r} engine configured for it (no trained model)"
+    return names or "none"
 
 
 def _runs_before(node: Node) -> int:
@@ -455,8 +477,11 @@ def _runs_before(node: Node) -> int:
         return int(session.scalar(select(func.count()).select_from(Series)) or 0)
 
 
-def _build_series(folders: Folders, rows: int, seed: int) -> list[Path]:
+def _build_series(folders: Folders, rows: int, seed: int, profile: str = PROFILE) -> list[Path]:
     from pipeline.sample import Acquisition, build_series, load_brain, write_series
+
+    if profile != PROFILE:
+        return _build_profile_series(folders, seed, profile)
 
     acquisition = Acquisition(
         rows=rows, columns=rows, pixel_spacing=FIELD_OF_VIEW_MM / rows, seed=seed
@@ -469,6 +494,30 @@ def _build_series(folders: Folders, rows: int, seed: int) -> list[Path]:
     )
     shutil.rmtree(folders.scanner, ignore_errors=True)  # only what an earlier run wrote there
     return write_series(build_series(acquisition, load_brain()), folders.scanner)
+
+
+def _build_profile_series(folders: Folders, seed: int, profile: str) -> list[Path]:
+    """A simulated series of ``profile`` (``pipeline.lowfield``, as ``dicomnode simulate``
+    writes it) from the MNI152 2009a brain and its tissue maps; the profile fixes the matrix."""
+    from models.brains import load_brain
+    from models.profile import load_profile
+    from pipeline.lowfield import simulate_series, source_from_brain
+    from pipeline.sample import write_series
+
+    field = load_profile(profile)
+    geometry = field.geometry
+    assert geometry is not None  # every named profile has one (models/profiles/*.toml)
+    _step(
+        3,
+        f"simulating a {profile} axial series from the MNI152 brain: {geometry.matrix}x"
+        f"{geometry.matrix} at {geometry.pixel_mm:g} mm, {geometry.slice_thickness_mm:g} mm "
+        f"slices every {geometry.slice_spacing_mm:g} mm, marked SIMULATED",
+    )
+    datasets, _, _ = simulate_series(
+        source_from_brain(load_brain("mni152-2009a")), field, seed=seed
+    )
+    shutil.rmtree(folders.scanner, ignore_errors=True)
+    return write_series(datasets, folders.scanner)
 
 
 def _series_uid(files: list[Path]) -> str:
@@ -497,7 +546,7 @@ def _report_job(job: JobTimeline, sent: Sent, node: Node) -> None:
     say(
         f"   job {job.id}: [bold]{job.state}[/bold], model {job.model} (k = {job.factor}) "
         f"on {job.device}\n"
-        f"   weights sha256 {job.model_sha256}\n"
+        f"   weights sha256 {job.model_sha256 or 'none (fitted to this series alone)'}\n"
         f"   data consistency (output re-degraded vs input, PSNR): {score}"
     )
     table = Table(title="timings", title_justify="left")
@@ -592,6 +641,7 @@ class DemoOptions:
     timeout: float
     keep_running: bool
     pacs: bool
+    profile: str = PROFILE
 
 
 def _start_node(folders: Folders, options: DemoOptions, pacs: Orthanc | None) -> Node:
@@ -599,12 +649,13 @@ def _start_node(folders: Folders, options: DemoOptions, pacs: Orthanc | None) ->
     from dicomnode.pacs import free_port
 
     pacs_port = pacs.dicom_port if pacs is not None else free_port()  # nothing listens there
-    node = Node(demo_config(folders.data, options.port, pacs_port))
+    node = Node(demo_config(folders.data, options.port, pacs_port, profile=options.profile))
     node.start()
     _step(
         2,
-        f"node {NODE_AET} on 127.0.0.1:{options.port}, rule {RULE!r}: enhance {PROFILE} with "
-        f"{_active_model(node)}; originals forwarded too",
+        f"node {NODE_AET} on 127.0.0.1:{options.port}, rule {demo_rule(options.profile)!r}: "
+        f"enhance {options.profile} with {_active_model(node, options.profile)}; originals "
+        "forwarded too",
     )
     return node
 
@@ -613,7 +664,7 @@ def _enhance(
     node: Node, storescu: str, folders: Folders, options: DemoOptions, pacs: bool
 ) -> tuple[list[Path], str, JobTimeline]:
     """Send the series as the scanner and wait for its enhanced result; report the job."""
-    files = _build_series(folders, options.rows, seed=_runs_before(node))
+    files = _build_series(folders, options.rows, _runs_before(node), options.profile)
     sent = send_with_storescu(storescu, options.port, files)
     _step(
         4,
@@ -692,12 +743,24 @@ def demo(
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for the enhanced series.")
     ] = 600.0,
+    profile: Annotated[
+        str,
+        typer.Option(
+            help="Contrast and field of the sent series: T1-0.36T (the trained model), or "
+            "T2-0.36T, FLAIR-0.36T, T1-64mT, T2-64mT, FLAIR-64mT (a simulated series of that "
+            "profile's geometry, enhanced by the unsupervised inr engine; --rows does not apply)."
+        ),
+    ] = PROFILE,
 ) -> None:
     """Scanner -> node -> PACS on this machine: a low-field T1 sent with storescu comes out
     enhanced in a local Orthanc; prints where to look, the model, timings and a preview PNG."""
     folders = Folders(workdir or Path(tempfile.mkdtemp(prefix="dicomnode-demo-")))
     folders.root.mkdir(parents=True, exist_ok=True)
-    options = DemoOptions(port, rows, timeout, keep_running, pacs)
+    from models.profile import PROFILE_NAMES
+
+    if profile not in PROFILE_NAMES:
+        raise fail(f"--profile {profile!r} is not one of {', '.join(PROFILE_NAMES)}")
+    options = DemoOptions(port, rows, timeout, keep_running, pacs, profile)
     try:
         with _sigterm_as_interrupt():
             code = _run(folders, options)

@@ -84,3 +84,28 @@ def test_demo_without_a_pacs_leaves_the_result_in_the_outbox(tmp_path):
     assert "120 enhanced instance(s) wait in the node's outbox" in output
     assert 'AI label "AI-enhanced"' in output and "see one instance: " in output
     assert (tmp_path / "demo" / "demo-preview.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_demo_runs_a_64_mt_t2_series_through_the_inr_engine(tmp_path):
+    """No trained model serves T2 at 64 mT: the demo simulates such a series and the node
+    enhances it with the unsupervised engine its configuration names for the profile."""
+    result = subprocess.run(
+        [str(BIN), "demo", "--workdir", str(tmp_path / "demo"), "--port", str(free_port())]
+        + ["--no-pacs", "--profile", "T2-64mT"],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "simulating a T2-64mT axial series" in output
+    assert "the 'inr' engine configured for it" in output
+    assert re.search(r"job \d+: stored, model inr@", output), output
+    assert "weights sha256 none (fitted to this series alone)" in output
+    assert (tmp_path / "demo" / "demo-preview.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_demo_refuses_an_unknown_profile(tmp_path):
+    result = run_demo(tmp_path / "demo", "--no-pacs", "--profile", "T5-3T")
+    assert result.returncode != 0
+    assert "--profile 'T5-3T' is not one of T1-0.36T" in result.stdout + result.stderr
