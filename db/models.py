@@ -147,6 +147,9 @@ class Job(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(128))
     lease_until: Mapped[dt.datetime | None]
     published_at: Mapped[dt.datetime | None]
+    # The last progress line of the engine running the job (``inr`` fits for minutes), so an
+    # operator sees that a long job moves; not an event (events are transitions).
+    progress: Mapped[str | None] = mapped_column(String(200))
 
     events: Mapped[list[JobEvent]] = relationship(order_by="JobEvent.id")
 

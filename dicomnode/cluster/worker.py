@@ -192,7 +192,12 @@ class ClusterWorker:
             self.held[job_id] = holding
         started = time.monotonic()
         try:
-            outcome = slot.execute(request, self.config.runner.job_timeout_seconds, holding.abort)
+            outcome = slot.execute(
+                request,
+                self.config.runner.job_timeout_seconds,
+                holding.abort,
+                lambda text: self.runner.record_progress(request.job_id, text),
+            )
             if outcome is PARKED:
                 self._give_back(holding)
                 return "returned"

@@ -62,6 +62,7 @@ def job_row(job: Job) -> dict[str, object]:
         "destinations": job.destinations,
         "state": job.state,
         "reason": job.reason,
+        "progress": job.progress,
         "generation": job.generation,
         "supersedes_job_id": job.supersedes_job_id,
         "model": f"{job.model_name}@{job.model_version}" if job.model_name else None,

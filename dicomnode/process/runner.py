@@ -28,7 +28,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from prometheus_client import Histogram
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from db.models import Instance, Job, JobState, ModelVersion
@@ -39,6 +39,7 @@ from dicomnode.jobs import JobError, transition
 from dicomnode.process import registry
 from dicomnode.process.worker import (
     NO_MODEL,
+    JobProgress,
     ModelSpec,
     OutputFile,
     WorkRequest,
@@ -116,9 +117,14 @@ class WorkerSlot:
             parent.send(preload)
 
     def execute(
-        self, request: WorkRequest, timeout: float, stop: threading.Event
+        self,
+        request: WorkRequest,
+        timeout: float,
+        stop: threading.Event,
+        on_progress: Callable[[str], None] | None = None,
     ) -> WorkResult | _Parked:
-        """Run ``request`` in the worker process; a timeout or a stop kills the process."""
+        """Run ``request`` in the worker process; a timeout or a stop kills the process.
+        Progress lines the process sends on the way go to ``on_progress``."""
         self.ensure_process([])
         assert self.connection is not None and self.process is not None
         self.connection.send(request)
@@ -126,7 +132,12 @@ class WorkerSlot:
         while True:
             try:
                 if self.connection.poll(0.2):
-                    return self.connection.recv()
+                    message = self.connection.recv()
+                    if not isinstance(message, JobProgress):
+                        return message
+                    if on_progress is not None:
+                        on_progress(message.text)
+                    continue
             except (EOFError, OSError):
                 pass  # the process died; reported below
             if not self.process.is_alive():
@@ -291,13 +302,31 @@ class JobRunner:
                 continue
             slot.current_job = request.job_id
             try:
-                outcome = slot.execute(request, self.settings.job_timeout_seconds, self._stop)
+                outcome = slot.execute(
+                    request,
+                    self.settings.job_timeout_seconds,
+                    self._stop,
+                    lambda text, job_id=request.job_id: self.record_progress(job_id, text),
+                )
                 self.finish(slot, request, outcome)
             except Exception:  # noqa: BLE001 - record it on the job, keep the slot running
                 log.exception("job %s could not be finished", request.job_id)
                 self._fail_quietly(request.job_id, "[internal-error] see the node's log")
             finally:
                 slot.current_job = None
+
+    def record_progress(self, job_id: int, text: str) -> None:
+        """Keep the running job's last progress line (``jobs.progress``); a failure to write it
+        never disturbs the job."""
+        try:
+            with self.database.session() as session:
+                session.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.state == JobState.PROCESSING)
+                    .values(progress=text[:200])
+                )
+        except Exception:  # noqa: BLE001 - progress is for operators only
+            log.warning("could not record progress of job %s", job_id, exc_info=True)
 
     def claim(self, slot: WorkerSlot) -> WorkRequest | None:
         """Move the oldest queued ``enhance`` job to ``processing`` and build its request."""

@@ -67,6 +67,18 @@ class WorkRequest:
     output_dir: str
 
 
+@dataclass(frozen=True)
+class JobProgress:
+    """A progress line from the worker process while a job runs (before its ``WorkResult``)."""
+
+    job_id: int
+    text: str
+
+
+PROGRESS_INTERVAL_SECONDS = 5.0
+"""At most one progress line per this many seconds reaches the runner (and the database)."""
+
+
 @dataclass
 class OutputFile:
     path: str
@@ -149,8 +161,11 @@ class EngineCache:
             self.get(spec)
 
 
-def process(request: WorkRequest, cache: EngineCache) -> WorkResult:
-    """Enhance one series and write the derived instances durably under ``output_dir``."""
+def process(
+    request: WorkRequest, cache: EngineCache, report: Callable[[str], None] | None = None
+) -> WorkResult:
+    """Enhance one series and write the derived instances durably under ``output_dir``;
+    ``report`` receives progress lines of engines that report progress (``inr``)."""
     import pydicom
 
     from pipeline.enhance import choose_factor
@@ -189,7 +204,9 @@ def process(request: WorkRequest, cache: EngineCache) -> WorkResult:
         enhance = settings.enhance.model_copy(update={"factor": factor})
         settings = settings.model_copy(update={"enhance": enhance})
         enhanced = _with_oom_fallback(
-            lambda engine: enhance_series(datasets, settings, engine, volume=volume),
+            lambda engine: _with_progress(
+                engine, report, lambda: enhance_series(datasets, settings, engine, volume=volume)
+            ),
             spec,
             cache,
             result.fallbacks,
@@ -221,6 +238,29 @@ def process(request: WorkRequest, cache: EngineCache) -> WorkResult:
     finally:
         result.seconds = time.perf_counter() - started
     return result
+
+
+def _with_progress(
+    engine: Any, report: Callable[[str], None] | None, run: Callable[[], Any]
+) -> Any:
+    """Run ``run`` with the engine's ``progress`` callback (if it has one) sending rate-limited
+    lines to ``report``; the engine, cached for the next job, is left without the callback."""
+    if report is None or not hasattr(engine, "progress"):
+        return run()
+    last = [0.0]
+
+    def progress(done: int, total: int, loss: float) -> None:
+        now = time.monotonic()
+        if done < total and now - last[0] < PROGRESS_INTERVAL_SECONDS:
+            return
+        last[0] = now
+        report(f"fit {done}/{total} iterations, data consistency L1 {loss:.4g}")
+
+    engine.progress = progress
+    try:
+        return run()
+    finally:
+        engine.progress = None
 
 
 CODE_ERRORS = (AttributeError, NameError, ImportError)
@@ -359,6 +399,10 @@ def write_outputs(datasets: list, folder: Path) -> list[OutputFile]:
     return outputs
 
 
+def _progress_sender(connection: Connection, job_id: int) -> Callable[[str], None]:
+    return lambda text: connection.send(JobProgress(job_id, text))
+
+
 def worker_main(
     connection: Connection, device: str, threads: int | None, log_level: str, log_format: str
 ) -> None:
@@ -382,4 +426,4 @@ def worker_main(
             except Exception as exc:  # noqa: BLE001 - a bad file fails its job later, clearly
                 log.warning("could not preload a model: %s", exc)
             continue
-        connection.send(process(message, cache))
+        connection.send(process(message, cache, _progress_sender(connection, message.job_id)))

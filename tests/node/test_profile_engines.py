@@ -4,6 +4,7 @@ outcome, exactly as the node runs it; a trained model activated for the profile 
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,6 @@ from db.models import Instance, Job, JobState, Series
 from db.session import Database
 from dicomnode.config import ConfigError, parse_config
 from dicomnode.process.runner import JobRunner, WorkerSlot
-from dicomnode.process.worker import EngineCache, process
 from pipeline.sample import Acquisition, build_series, write_series
 
 FAST_INR = {"iterations": 4, "batch": 256, "tv_points": 256, "hidden": 16, "layers": 2}
@@ -83,15 +83,51 @@ def test_configured_inr_enhances_a_profile_without_a_model(database_url, tmp_pat
     assert request is not None and request.job_id == job_id
     assert {s.name for s in request.models.values()} == {"inr"}
     assert all(s.id is None and not s.path for s in request.models.values())
-    outcome = process(request, EngineCache("cpu", 1))
+    # in the slot's own worker process, as the node runs it; its progress reaches the job
+    lines: list[str] = []
+
+    def on_progress(text: str) -> None:
+        lines.append(text)
+        runner.record_progress(job_id, text)
+
+    try:
+        outcome = slot.execute(request, 300, threading.Event(), on_progress)
+    finally:
+        slot.kill()
     assert outcome.ok, outcome.message
     assert outcome.factor == 4 and outcome.outputs
+    assert lines and lines[-1].startswith("fit 4/4 iterations, data consistency L1 ")
+    with database.session() as session:
+        assert session.get(Job, job_id).progress == lines[-1]
     runner.finish(slot, request, outcome)
     with database.session() as session:
         job = session.get(Job, job_id)
         assert job.state == JobState.STORED
         assert job.model_name == "inr" and job.model_version_id is None
     database.dispose()
+
+
+def test_progress_lines_are_rate_limited_but_the_last_always_comes(tmp_path):
+    """The engine calls back every few iterations; the worker passes at most one line per
+    PROGRESS_INTERVAL_SECONDS, and always the final one."""
+    from dicomnode.process.worker import _with_progress
+
+    class Engine:
+        progress = None
+
+    engine, lines = Engine(), []
+
+    def run() -> str:
+        for done in range(1, 101):
+            engine.progress(done, 100, 0.5)
+        return "ran"
+
+    assert _with_progress(engine, lines.append, run) == "ran"
+    assert lines == [
+        "fit 1/100 iterations, data consistency L1 0.5",
+        "fit 100/100 iterations, data consistency L1 0.5",
+    ]
+    assert engine.progress is None
 
 
 def test_a_profile_with_neither_model_nor_engine_has_no_model(database_url, tmp_path):
