@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # torch loads only where weights are read or written: the reg
     from models.aniso_unet import AnisoUNet
 
 MODEL_NAME = "iqt-t1"
-VERSION = "0.3.0"
+VERSION = "0.4.0"
 FIRST_VERSION = "0.1.0"
 DEFAULT_NORMALISATION = "head-p99"
 """What a weights file without ``input_normalisation`` metadata was trained with (0.1.0)."""

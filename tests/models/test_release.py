@@ -78,7 +78,9 @@ def test_shipped_weights_verify_and_load() -> None:
     assert {e["factor"] for e in manifest["models"].values()} >= {4, 8}
     for name, entry in manifest["models"].items():
         path = weights_dir() / name
-        assert path.stat().st_size < 8_000_000, "released weight files must stay small"
+        # float16 conv weights: 8.6 MB for the 12-filter networks of 0.4.0 (4.3 M parameters);
+        # the paper's 16 filters would need about 15 MB, a reason to think before committing them
+        assert path.stat().st_size < 10_000_000, "released weight files must stay small"
         assert sha256_file(path) == entry["sha256"]
         net = load_weights(path, entry["sha256"])
         assert net.config.factor == entry["factor"]
