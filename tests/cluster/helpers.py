@@ -215,6 +215,12 @@ class TcpProxy:
                 continue
             upstream.settimeout(None)
             with self._lock:
+                # a connection accepted while cut() ran must not outlive the cut: closing a
+                # listening socket does not stop an accept() another thread is blocked in
+                if self._listener is not listener:
+                    client.close()
+                    upstream.close()
+                    return
                 self._sockets += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
@@ -238,11 +244,15 @@ class TcpProxy:
 
     def cut(self) -> None:
         """Close the listener and every relayed connection: the broker is gone."""
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
         with self._lock:
+            listener, self._listener = self._listener, None
             sockets, self._sockets = self._sockets, []
+        if listener is not None:
+            try:
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked on it
+            except OSError:
+                pass
+            listener.close()
         for s in sockets:
             try:
                 s.shutdown(socket.SHUT_RDWR)
