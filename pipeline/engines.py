@@ -16,6 +16,7 @@ the benches: one registry picks and builds every engine.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -161,6 +162,19 @@ def build_engine(name: str, /, **options: object) -> ThroughPlaneEngine:
     if not isinstance(engine, ThroughPlaneEngine):
         raise EnhanceError("engine-invalid", f"engine {name!r} does not implement the contract")
     return engine
+
+
+def engine_takes(name: str, option: str) -> bool:
+    """Whether the weightless engine ``name`` takes ``option`` (``device``, ``threads``): the
+    worker passes its slot's device and threads only to engines that run on one (``inr``),
+    never to classical interpolation."""
+    _load_entry_points()
+    with _lock:
+        registration = _registry.get(name)
+    if registration is None:
+        return False
+    parameters = inspect.signature(registration.factory).parameters.values()
+    return any(p.name == option or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 def load_engine(

@@ -114,7 +114,13 @@ class EngineCache:
         self._engines: dict[tuple[object, str, str], object] = {}
 
     def get(self, spec: ModelSpec, device: str | None = None) -> Any:
-        from pipeline.engines import WeightsFile, build_engine, get_engine, load_engine
+        from pipeline.engines import (
+            WeightsFile,
+            build_engine,
+            engine_takes,
+            get_engine,
+            load_engine,
+        )
 
         if spec.name == CLASSICAL_ENGINE and not spec.path:
             # a registry row for classical interpolation (no weights): bench/bench_cluster.py
@@ -125,8 +131,10 @@ class EngineCache:
             # a weightless engine configured for the profile (inr): built once per options and
             # device, on this slot's device and threads unless the options say otherwise
             options = dict(spec.options or {})
-            options.setdefault("device", "cuda" if device.startswith("cuda") else "cpu")
-            options.setdefault("threads", self.threads)
+            if engine_takes(spec.name, "device"):
+                options.setdefault("device", device)
+            if engine_takes(spec.name, "threads"):
+                options.setdefault("threads", self.threads)
             key_options = json.dumps(options, sort_keys=True, default=str)
             key = (spec.name, key_options, device)
             if key not in self._engines:

@@ -158,3 +158,16 @@ def test_a_wrong_profile_engine_is_refused_when_the_configuration_is_read(
     with pytest.raises(ConfigError) as caught:
         parse_config(_config(tmp_path, {"T2-0.36T": profile}))
     assert expected in str(caught.value)
+
+
+def test_classical_interpolation_as_a_profile_engine_runs_in_the_worker(tmp_path):
+    """The worker passes its slot's device and threads only to weightless engines that take
+    them (``inr``), never to classical interpolation, which takes none."""
+    from dicomnode.process.worker import EngineCache, ModelSpec
+    from pipeline.engines import engine_takes
+
+    assert engine_takes("inr", "device") and not engine_takes("bspline", "device")
+    engine = EngineCache("cpu", 1).get(ModelSpec(None, "bspline", "1.0.0", 4, "", "", options={}))
+    assert engine.info.name == "bspline"
+    inr = EngineCache("cpu", 1).get(ModelSpec(None, "inr", "0.1.0", 4, "", "", options=FAST_INR))
+    assert inr.settings.device == "cpu" and inr.settings.threads == 1
