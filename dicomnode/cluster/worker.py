@@ -37,7 +37,7 @@ from db.session import Database
 from dicomnode.cluster import leases
 from dicomnode.cluster.broker import TASK_NAME, make_app
 from dicomnode.config import Config
-from dicomnode.process.runner import PARKED, JobRunner, WorkerSlot, cuda_devices, spec_of
+from dicomnode.process.runner import PARKED, JobRunner, WorkerSlot, cuda_devices
 from dicomnode.process.worker import WorkResult
 
 log = logging.getLogger("dicomnode.cluster.worker")
@@ -118,7 +118,7 @@ class ClusterWorker:
             pool=self.pool,
             concurrency=self.concurrency,
         )
-        preload = self._active_specs()
+        preload = self.runner.active_specs()
         for slot in self._all_slots:
             slot.ensure_process(preload)
         self._beat.start()
@@ -292,20 +292,6 @@ class ClusterWorker:
                 for key, value in counts.items():
                     self._counts[key] += value
             raise
-
-    def _active_specs(self):  # type: ignore[no-untyped-def]
-        from dicomnode.process import registry
-
-        try:
-            with self.database.session() as session:
-                return [
-                    spec_of(row)
-                    for profile in registry.profiles(session)
-                    for row in registry.active_models(session, profile).values()
-                ]
-        except Exception:  # noqa: BLE001 - preloading is an optimisation only
-            log.exception("could not list active models to preload")
-            return []
 
 
 def _zero_counts() -> dict[str, float]:

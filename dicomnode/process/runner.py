@@ -243,7 +243,7 @@ class JobRunner:
         if resumed:
             log.warning("jobs interrupted while processing queued again", extra={"jobs": resumed})
         self.slots = plan_slots(self.config)
-        preload = self._active_specs()
+        preload = self.active_specs()
         for slot in self.slots:
             slot.ensure_process(preload)
             slot.thread = threading.Thread(
@@ -557,7 +557,9 @@ class JobRunner:
         except Exception:  # noqa: BLE001
             log.exception("could not record the failure of job %s", job_id)
 
-    def _active_specs(self) -> list[ModelSpec]:
+    def active_specs(self) -> list[ModelSpec]:
+        """Every active registry version, for worker processes to load ahead of their first
+        job (also ``dicomnode worker``'s); empty when the database cannot say."""
         try:
             with self.database.session() as session:
                 return [
