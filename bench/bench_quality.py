@@ -353,8 +353,8 @@ def run_case(
             raise RuntimeError(f"{case.key}: methods chose different grids")
         output = sitk.GetArrayFromImage(derived)[truth.crop]
         label = f"{result.engine.name} {result.engine.version}, N4 {'on' if method.n4 else 'off'}"
-        if _WEIGHT_OVERRIDE is not None:
-            label += f", consistency weight {_WEIGHT_OVERRIDE:g}"
+        for key, value in _OVERRIDES.items():
+            label += f", {key.replace('_', ' ')} {value:g}"
         for region in regions:
             scores, matched = score(output, truth, region, result.factor)
             rows.append(
@@ -627,6 +627,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="override the contrast-matched back-projection weight each weights file records "
         "(models/trust.py), to tune it on training brains before a release",
     )
+    parser.add_argument(
+        "--consistency-gain-sigma-mm",
+        type=float,
+        default=None,
+        help="override the width of the smooth gain the back-projection keeps (0: none)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="folder for quality.md, quality.json, PNGs")
     args = parser.parse_args(argv)
@@ -691,30 +697,36 @@ def write_files(
     (out / "quality.json").write_text(json.dumps(data, indent=1, default=float))
 
 
-_WEIGHT_OVERRIDE: float | None = None
+_OVERRIDES: dict[str, float] = {}
 
 
-def override_consistency_weight(weight: float) -> None:
-    """Every weights file loaded from now on runs with ``weight`` instead of its recorded one."""
-    global _WEIGHT_OVERRIDE
+def override_consistency(**values: float) -> None:
+    """Every weights file loaded from now on runs with these back-projection settings
+    (``consistency_weight``, ``consistency_gain_sigma_mm``) instead of its recorded ones."""
     import models.release as release
 
-    recorded = release.load_weights
-    if _WEIGHT_OVERRIDE is None:
+    if not values:
+        return
+    if not _OVERRIDES:
+        recorded = release.load_weights
 
-        def load_with_weight(path: Path, expected_sha256: str | None):  # type: ignore[no-untyped-def]
+        def load_overridden(path: Path, expected_sha256: str | None):  # type: ignore[no-untyped-def]
             network = recorded(path, expected_sha256)
-            network.consistency_weight = _WEIGHT_OVERRIDE
+            for key, value in _OVERRIDES.items():
+                setattr(network, key, value)
             return network
 
-        release.load_weights = load_with_weight
-    _WEIGHT_OVERRIDE = weight
+        release.load_weights = load_overridden
+    _OVERRIDES.update(values)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.consistency_weight is not None:
-        override_consistency_weight(args.consistency_weight)
+    overrides = {
+        "consistency_weight": args.consistency_weight,
+        "consistency_gain_sigma_mm": args.consistency_gain_sigma_mm,
+    }
+    override_consistency(**{k: v for k, v in overrides.items() if v is not None})
     command = shlex.join(
         [".venv/bin/python", "bench/bench_quality.py", *(sys.argv[1:] if argv is None else argv)]
     )

@@ -168,10 +168,19 @@ class IQTEngine:
         # A release's tuned structure correction travels with its weights file, like its input
         # scale; the engine-wide flag is plain back-projection (kept for older manifests).
         weight = float(getattr(network, "consistency_weight", 0.0))
+        gain_sigma = float(getattr(network, "consistency_gain_sigma_mm", 0.0))
         if self.consistency_correction:
             pred = back_project(pred, x, factor, slice_thickness_ratio)
         elif weight > 0.0:
-            pred = contrast_matched_back_projection(pred, x, factor, slice_thickness_ratio, weight)
+            pred = contrast_matched_back_projection(
+                pred,
+                x,
+                factor,
+                slice_thickness_ratio,
+                weight,
+                gain_sigma_mm=gain_sigma,
+                spacing_mm=spacing,
+            )
         np.maximum(pred, 0.0, out=pred)
         score = consistency_psnr(pred, x, factor, slice_thickness_ratio)
         notes: dict[str, object] = {
@@ -182,6 +191,7 @@ class IQTEngine:
             "weights_file_sha256": self.file_hashes.get(factor),
             "consistency_correction": self.consistency_correction,
             "consistency_weight": weight,
+            "consistency_gain_sigma_mm": gain_sigma,
             "tile": [tiles.slices, tiles.rows, tiles.cols],
         }
         if abs(slice_thickness_ratio - 1.0) > 0.05:

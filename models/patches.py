@@ -38,6 +38,12 @@ class DrawSettings:
     level is scaled by U(1 - j, 1 + j) (scanners differ in T1 weighting; the target keeps its
     own). ``loss_margin_mm``: the loss weight is 1 in the brain dilated by this margin and
     ``outside_weight`` elsewhere, so scalp and air do not dominate what the network optimises.
+    ``shading_target``: ``"keep"`` (releases up to 0.4) multiplies the anatomy by the smooth
+    field before both input and target, so the network learns to keep a coil's shading;
+    ``"remove"`` (release 0.5) shades the input only, with a strength drawn from
+    U(0, ``shading``), so it learns to return the unshaded anatomy: intensities are normalised
+    on the white-matter peak, so a patch's white matter away from 1 tells it the local gain,
+    which a whole-head bias estimator (N4) could not tell from anatomy on these heads.
     """
 
     factor: int
@@ -52,10 +58,17 @@ class DrawSettings:
     target_contrast: bool = False
     normalisation: str = "head-p99"
     shading: float = 0.15
+    shading_target: str = "keep"
     csf_jitter: float = 0.0
     loss_margin_mm: float = 5.0
     outside_weight: float = 1.0
     threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.shading_target not in ("keep", "remove"):
+            raise ValueError(
+                f"shading_target must be 'keep' or 'remove', not {self.shading_target!r}"
+            )
 
 
 def _loss_weight(
@@ -109,8 +122,12 @@ def simulate_pair(
         spacing = (brain.voxel_mm,) * 3
         if settings.augment:
             t1, gm, wm, mask = random_affine([t1, gm, wm, mask], rng)
+    coil = None
     if settings.augment and settings.shading > 0:
-        t1 = t1 * smooth_bias_field(t1.shape, rng, settings.shading)
+        if settings.shading_target == "remove":
+            coil = smooth_bias_field(t1.shape, rng, float(rng.uniform(0.0, settings.shading)))
+        else:
+            t1 = t1 * smooth_bias_field(t1.shape, rng, settings.shading)
     lo, hi = settings.hf_gm_scale
     if (lo, hi) != (1.0, 1.0):
         # High-field contrast augmentation (release 0.1): scaling grey matter in the target
@@ -121,6 +138,8 @@ def simulate_pair(
     if settings.csf_jitter > 0 and csf is not None:
         j = settings.csf_jitter
         source = t1 * (1.0 + np.clip(csf, 0.0, 1.0) * (rng.uniform(1 - j, 1 + j) - 1.0))
+    if coil is not None:
+        source = source * coil
     ratio = settings.thickness_ratio
     if settings.thickness_ratios is not None:
         ratio = float(rng.uniform(*settings.thickness_ratios))

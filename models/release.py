@@ -141,6 +141,8 @@ def load_weights(path: Path, expected_sha256: str | None) -> AnisoUNet:
     model.input_normalisation = str(info.get("input_normalisation", DEFAULT_NORMALISATION))
     # Likewise the weight of the contrast-matched back-projection tuned for this file (0: off).
     model.consistency_weight = float(info.get("consistency_weight", 0.0))
+    # and the width of the smooth gain it keeps (0: releases before 0.5, which kept shading).
+    model.consistency_gain_sigma_mm = float(info.get("consistency_gain_sigma_mm", 0.0))
     return model.eval()
 
 
@@ -165,6 +167,7 @@ def release_run(
     version: str = VERSION,
     consistency_weight: float = 0.0,
     continues: str | None = None,
+    consistency_gain_sigma_mm: float = 0.0,
 ) -> Path:
     """Turn a training run (``model.pt``) into a released file + card; ``earlier_stages`` are
     the runs it was fine-tuned from, whose time and steps count towards the total.
@@ -198,6 +201,8 @@ def release_run(
     if consistency_weight:
         # In the file, not only the manifest: the weight was tuned for these weights.
         metadata["consistency_weight"] = consistency_weight
+    if consistency_gain_sigma_mm:
+        metadata["consistency_gain_sigma_mm"] = consistency_gain_sigma_mm
     sha = save_weights(model, path, metadata)
     from models.profile import load_profile
 
@@ -240,6 +245,8 @@ def release_run(
         manifest["models"][path.name]["tile"] = tile
     manifest["models"][path.name]["consistency_correction"] = consistency_correction
     manifest["models"][path.name]["consistency_weight"] = consistency_weight
+    if consistency_gain_sigma_mm:
+        manifest["models"][path.name]["consistency_gain_sigma_mm"] = consistency_gain_sigma_mm
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     card = model_card(
         manifest["models"][path.name],
@@ -301,6 +308,12 @@ def _back_projection(entry: dict) -> str:
     if entry.get("consistency_correction"):
         return "plain, on"
     weight = float(entry.get("consistency_weight", 0.0))
+    sigma = float(entry.get("consistency_gain_sigma_mm", 0.0))
+    if weight and sigma:
+        return (
+            f"contrast-matched, weight {weight:g}, keeping the prediction's smooth gain "
+            f"(Gaussian {sigma:g} mm) (models/trust.py; recorded in the file)"
+        )
     if weight:
         return f"contrast-matched, weight {weight:g} (models/trust.py; recorded in the file)"
     return "off"
@@ -399,6 +412,13 @@ def main() -> None:
         "(bench/bench_quality.py --consistency-weight)",
     )
     parser.add_argument(
+        "--consistency-gain-sigma-mm",
+        type=float,
+        default=0.0,
+        help="keep the prediction's smooth gain in the back-projection (Gaussian width in mm; "
+        "for networks trained to remove shading)",
+    )
+    parser.add_argument(
         "--tile",
         default="",
         help='inference tile as JSON, e.g. \'{"slices": 16, "rows": 64, "cols": 64}\'',
@@ -430,6 +450,7 @@ def main() -> None:
         args.version,
         consistency_weight=args.consistency_weight,
         continues=args.continues,
+        consistency_gain_sigma_mm=args.consistency_gain_sigma_mm,
     )
     print(path, sha256_file(path))
 

@@ -55,6 +55,7 @@ class DataConfig:
     target_contrast: bool = False
     normalisation: str = "head-p99"
     shading: float = 0.15
+    shading_target: str = "keep"
     csf_jitter: float = 0.0
     loss_margin_mm: float = 5.0
     outside_weight: float = 1.0
@@ -183,6 +184,7 @@ def draw_settings(cfg: TrainConfig, *, augment: bool | None = None) -> DrawSetti
         target_contrast=d.target_contrast,
         normalisation=d.normalisation,
         shading=d.shading,
+        shading_target=d.shading_target,
         csf_jitter=d.csf_jitter,
         loss_margin_mm=d.loss_margin_mm,
         outside_weight=d.outside_weight,

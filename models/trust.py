@@ -63,6 +63,8 @@ def contrast_matched_back_projection(
     thickness_ratio: float = 1.0,
     weight: float = 0.5,
     iterations: int = 3,
+    gain_sigma_mm: float = 0.0,
+    spacing_mm: tuple[float, float, float] | None = None,
 ) -> np.ndarray:
     """Pull the prediction's structure towards the acquired slices, keeping its contrast.
 
@@ -74,6 +76,13 @@ def contrast_matched_back_projection(
     ``consistency_psnr`` does for scoring), and only what that map cannot explain, structure and
     noise, is back-projected. ``weight`` in [0, 1] blends the result with the prediction: 1 is
     full consistency (all the acquired noise too), 0 the network alone.
+
+    ``gain_sigma_mm`` > 0 (release 0.5 on) also keeps the prediction's smooth gain: the mapped
+    slices are multiplied by the ratio of prediction to acquisition after a Gaussian of that
+    width (in mm, on the acquired grid ``spacing_mm``) inside the head. A network trained to
+    return the unshaded anatomy has removed the coil's shading on purpose; without this the
+    back-projection would put ``weight`` of the shading back, since one global intensity map
+    cannot describe a field.
     """
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"consistency weight must be in [0, 1], not {weight}")
@@ -86,9 +95,33 @@ def contrast_matched_back_projection(
         head = np.ones_like(acquired, dtype=bool)
     # The same global map as the score, in the other direction: acquired -> prediction contrast.
     mapped = polynomial_match(acquired, reacquired, head)
+    if gain_sigma_mm > 0.0:
+        mapped *= smooth_gain(reacquired, mapped, head, gain_sigma_mm, spacing_mm or (1.0,) * 3)
     mapped[~head] = acquired[~head]
     corrected = back_project(prediction, mapped, factor, thickness_ratio, iterations)
     return prediction + weight * (corrected - prediction)
+
+
+def smooth_gain(
+    numerator: np.ndarray,
+    denominator: np.ndarray,
+    mask: np.ndarray,
+    sigma_mm: float,
+    spacing_mm: tuple[float, float, float],
+) -> np.ndarray:
+    """The smooth multiplicative field taking ``denominator`` to ``numerator`` inside ``mask``:
+    the ratio of their Gaussian-smoothed values (normalised convolution over the mask, so the
+    head's edge does not pull it down), 1 outside the mask, clipped to [0.5, 2]."""
+    from scipy import ndimage
+
+    sigma = [sigma_mm / max(float(s), 1e-3) for s in spacing_mm]
+    m = mask.astype(np.float32)
+    top = ndimage.gaussian_filter(numerator.astype(np.float32) * m, sigma, mode="nearest")
+    bottom = ndimage.gaussian_filter(denominator.astype(np.float32) * m, sigma, mode="nearest")
+    gain = np.ones_like(top)
+    ok = mask & (bottom > 1e-6) & (top > 1e-6)
+    gain[ok] = np.clip(top[ok] / bottom[ok], 0.5, 2.0)
+    return gain
 
 
 def back_project(

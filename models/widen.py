@@ -62,4 +62,5 @@ def widen(old: AnisoUNet, base_filters: int, seed: int = 0) -> AnisoUNet:
                 layer.bias[:n_out] = before.bias
     new.input_normalisation = getattr(old, "input_normalisation", None)
     new.consistency_weight = getattr(old, "consistency_weight", 0.0)
+    new.consistency_gain_sigma_mm = getattr(old, "consistency_gain_sigma_mm", 0.0)
     return new

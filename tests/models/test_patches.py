@@ -100,3 +100,37 @@ def test_hemisphere_split_halves_the_head(phantom_brain) -> None:  # type: ignor
     np.testing.assert_array_equal(np.concatenate([left.t1, right.t1], axis=2), phantom_brain.t1)
     with pytest.raises(ValueError, match="side"):
         phantom_brain.hemisphere("top")
+
+
+@pytest.mark.parametrize("mode", ["keep", "remove"])
+def test_shading_target_decides_whether_the_target_carries_the_coil(
+    phantom_brain, monkeypatch, mode
+) -> None:  # type: ignore[no-untyped-def]
+    """A constant "field" of 2 makes the effect exact: input and target both double ("keep",
+    so the normalised target is unchanged), or only the input does ("remove", so the target
+    on the input's white-matter scale halves)."""
+    import models.patches as patches
+
+    monkeypatch.setattr(patches, "smooth_bias_field", lambda shape, rng, s: np.full(shape, 2.0))
+    common = dict(factor=4, profile=load_profile("0.36T"), noise="rician", normalisation="wm-peak")
+    shaded = DrawSettings(**common, shading=0.2, shading_target=mode)  # type: ignore[arg-type]
+    plain = DrawSettings(**common, shading=0.0)  # type: ignore[arg-type]
+    snr = (40.0, 40.0)
+    low_s, high_s, weight = simulate_pair(
+        phantom_brain, shaded, np.random.default_rng(5), axis=2, snr=snr
+    )
+    low_p, high_p, _ = simulate_pair(
+        phantom_brain, plain, np.random.default_rng(5), axis=2, snr=snr
+    )
+    brain = (weight == 1.0) & (high_p > 0.2)
+    ratio = float(np.median(high_s[brain] / high_p[brain]))
+    assert ratio == pytest.approx(1.0 if mode == "keep" else 0.5, rel=0.05)
+    # the input is normalised either way, so the network sees white matter near 1 in both
+    assert float(np.median(low_s[low_s > 0.5] / np.maximum(low_p[low_s > 0.5], 1e-3))) == (
+        pytest.approx(1.0, rel=0.05)
+    )
+
+
+def test_unknown_shading_target_is_refused() -> None:
+    with pytest.raises(ValueError, match="shading_target"):
+        DrawSettings(factor=4, profile=load_profile("0.36T"), shading_target="flatten")
