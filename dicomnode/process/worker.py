@@ -411,6 +411,29 @@ def _progress_sender(connection: Connection, job_id: int) -> Callable[[str], Non
     return lambda text: connection.send(JobProgress(job_id, text))
 
 
+PARENT_POLL_S = 1.0
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this process when its parent is gone, even in the middle of a model run.
+
+    Why: systemd kills the whole control group, but an operator's ``kill -9`` of only the
+    node's main process (or an OOM kill of it) would leave this process computing a job nobody
+    will collect, holding its GPU memory, until the job finished. The pipe's EOF is noticed
+    only between jobs, so a daemon thread watches for re-parenting instead (the kernel's
+    parent-death signal is tied to the thread that started the process, which is a runner
+    thread, not the node).
+    """
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(0)  # no cleanup: the parent that would collect the result is gone
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def worker_main(
     connection: Connection, device: str, threads: int | None, log_level: str, log_format: str
 ) -> None:
@@ -418,6 +441,7 @@ def worker_main(
     from dicomnode.logs import configure
 
     configure(log_level, log_format)
+    _exit_with_parent(os.getppid())
     if threads:
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     cache = EngineCache(device, threads)
