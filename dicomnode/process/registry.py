@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Job, JobState, ModelActivation, ModelState, ModelVersion, utcnow
 from dicomnode import durable
+from dicomnode.process.worker import CLASSICAL_ENGINE
 
 log = logging.getLogger("dicomnode.process.registry")
 
@@ -122,7 +123,13 @@ def _write_card(target: Path, text: str) -> None:
 
 
 def _file_problem(row: ModelVersion) -> str | None:
-    """Why the row's file cannot be trusted, or None when it is there with the recorded hash."""
+    """Why the row's file cannot be trusted, or None when it is there with the recorded hash.
+
+    A row of classical interpolation (``bspline``, no path and no hash: what
+    ``bench/bench_cluster.py`` activates to measure orchestration without compute) has no file
+    to check; the worker runs it without one, so it is not a missing file either."""
+    if row.name == CLASSICAL_ENGINE and not row.path and not row.sha256:
+        return None
     path = Path(row.path)
     if not path.is_file():
         return f"file missing: {path}"

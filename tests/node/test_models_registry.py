@@ -514,3 +514,27 @@ def test_cli_round_trip(cli, plain_k4):
     assert [r["state"] for r in _lines(cli("list", "--json")) if r["id"] == new["id"]] == [
         "removed"
     ]
+
+
+def test_verify_accepts_a_weightless_interpolation_row_only(database):  # type: ignore[no-untyped-def]
+    """``bench/bench_cluster.py`` activates classical interpolation as a registry row with no
+    file; ``models verify`` must not call that a missing file, yet any other row without a
+    file still is one."""
+    with database.session() as session:
+        for name in ("bspline", MODEL_NAME):
+            session.add(
+                ModelVersion(
+                    name=name,
+                    version="classical" if name == "bspline" else "9.9.9",
+                    profile=PROFILE,
+                    factor=4,
+                    path="",
+                    sha256="",
+                    source="imported",
+                    state="available",
+                )
+            )
+    with database.session() as session:
+        problems = {r.name: p for r, p in registry.verify(session)}
+    assert problems["bspline"] is None
+    assert problems[MODEL_NAME] and "file missing" in problems[MODEL_NAME]
