@@ -242,7 +242,8 @@ class ModelState:
 
 
 class ModelVersion(Base):
-    """One weights file the node may run: a model name and version for one profile and factor.
+    """One weights file the node may run: a model name and version for one profile and factor
+    (a file serving several profiles, ``iqt-mc``, is one row per profile, sharing ``path``).
 
     The file lives under ``data_dir/models`` (imported or copied from the released package), so
     an upgrade of the software never changes the bytes a registered version stands for; ``sha256``
@@ -268,10 +269,13 @@ class ModelVersion(Base):
     activated_by: Mapped[str | None] = mapped_column(String(128))
 
 
+# One row per (profile, factor) a version serves (migration 0007): a contrast-agnostic file
+# (``iqt-mc``) serves several profiles, each activated and rolled back on its own.
 Index(
-    "ux_model_versions_name_version_factor",
+    "ux_model_versions_name_version_profile_factor",
     ModelVersion.name,
     ModelVersion.version,
+    ModelVersion.profile,
     ModelVersion.factor,
     unique=True,
 )

@@ -10,8 +10,9 @@ Modules, one job each (see models/README.md):
 - ``infer``: tiled whole-volume prediction; ``trust``: data-consistency score;
 - ``baseline``: cubic B-spline; ``metrics``, ``evaluate``: held-out evaluation;
 - ``release``: safetensors weights with sha256 manifest and model cards;
-- ``iqt_engine``: ``IQTEngine``, the trained engine ``iqt-t1``;
-- ``contrast``: T1/T2/FLAIR/PD rendered from tissue maps (signal equations, relaxation times);
+- ``iqt_engine``: ``IQTEngine``, the trained engines ``iqt-t1`` and ``iqt-mc`` (contrast-agnostic);
+- ``contrast``: T1/T2/FLAIR/PD rendered from tissue maps (signal equations, relaxation times),
+  and ``contrast.draw``: random-contrast heads for training ``iqt-mc``;
 - ``inr``: ``INREngine``, the unsupervised per-case engine ``inr``.
 
 Nothing is imported here so that ``import models.engine`` stays free of torch.

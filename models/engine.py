@@ -14,6 +14,7 @@ a 32/k-slice input patch maps to a 32-slice output patch.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -71,3 +72,15 @@ class ThroughPlaneEngine(Protocol):
         in mm); the pipeline passes it only to engines whose ``upsample`` names it.
         """
         ...
+
+
+def low_field_mr(profile: Mapping[str, object]) -> bool:
+    """MR below 1 T, or of unknown field (many low-field exports omit it): what every engine
+    of this project was built for; ``profile`` keys as in ``pipeline.engines.Profile``."""
+    if str(profile.get("Modality", "MR")).upper() != "MR":
+        return False
+    field_t = profile.get("MagneticFieldStrength")
+    try:
+        return field_t in (None, "") or float(field_t) < 1.0  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False

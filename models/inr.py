@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from models.baseline import cubic_bspline_upsample
-from models.engine import EngineInfo, EngineResult
+from models.engine import EngineInfo, EngineResult, low_field_mr
 from models.normalize import head_core, head_mask
 from models.simulate import slice_profile_matrix
 from models.trust import consistency_psnr
@@ -498,10 +498,4 @@ def create_engine(**options: object) -> INREngine:
 
 def accepts_profile(profile: Mapping[str, object]) -> bool:
     """Low-field MR of any contrast (it needs no training data); a missing field is accepted."""
-    if str(profile.get("Modality", "MR")).upper() != "MR":
-        return False
-    field_t = profile.get("MagneticFieldStrength")
-    try:
-        return field_t in (None, "") or float(field_t) < 1.0  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return False
+    return low_field_mr(profile)

@@ -1,12 +1,19 @@
-"""The trained engine ``iqt-t1``: the ThroughPlaneEngine the pipeline runs.
+"""The trained engines ``iqt-t1`` and ``iqt-mc``: the ThroughPlaneEngine the pipeline runs.
+
+``iqt-t1`` is the T1 network of the 0.36 T profile; ``iqt-mc`` one contrast-agnostic network per
+factor for the profiles its release lists (``models.release``), trained on random-contrast
+renderings. Both are this one class over ANISO U-Net files: what differs travels with each file
+(its input normalisation, its back-projection weight, the profiles it was trained for), so the
+inference code is one.
 
 Construct it from the released weights with ``IQTEngine.from_release()`` (the newest version of
 each factor, or ``version=``; sha256 of each file is checked against
 ``models/weights/manifest.json``). It takes a float32 (slices, rows, cols) volume on any
 non-negative intensity scale: it divides by the scale the network was trained with (recorded
 in its weights: ``wm-peak`` from 0.2.0, the white-matter level of the head's core; ``head-p99``
-for 0.1.0; see ``models/normalize.py``), predicts with tiled inference, and multiplies back, so
-the result is on the caller's scale.
+for 0.1.0; ``core-median`` for ``iqt-mc``, the parenchyma level in any contrast; see
+``models/normalize.py``), predicts with tiled inference, and multiplies back, so the result is
+on the caller's scale.
 """
 
 from __future__ import annotations
@@ -18,16 +25,18 @@ from pathlib import Path
 import numpy as np
 
 from models.aniso_unet import AnisoUNet
-from models.engine import EngineInfo, EngineResult
+from models.engine import EngineInfo, EngineResult, low_field_mr
 from models.infer import TileSettings, predict_volume
 from models.normalize import input_scale
 from models.release import (
     DEFAULT_NORMALISATION,
+    MC_MODEL_NAME,
     MODEL_NAME,
     VERSION,
     file_name,
     load_released,
     released_factors,
+    released_profiles,
 )
 from models.trust import back_project, consistency_psnr, contrast_matched_back_projection
 
@@ -46,6 +55,7 @@ class IQTEngine:
         device: str | None = None,
         threads: int | None = None,
         consistency_correction: bool = False,
+        family: str = MODEL_NAME,
     ) -> None:
         if not networks:
             raise ValueError("IQTEngine needs at least one network")
@@ -63,7 +73,10 @@ class IQTEngine:
         self.device = device
         self.threads = threads
         self.consistency_correction = consistency_correction
-        self.file_names = {k: file_name(k, version) for k in self.networks}
+        self.file_names = {k: file_name(k, version, family) for k in self.networks}
+        self.profiles = tuple(
+            sorted({p for net in self.networks.values() for p in getattr(net, "profiles", ())})
+        )
         combined = None
         if len(self.file_hashes) == 1 and len(self.networks) == 1:
             # One weights file: its own sha256, so provenance names exactly the file that ran.
@@ -78,11 +91,7 @@ class IQTEngine:
             name=name,
             version=version,
             weights_sha256=combined,
-            description=(
-                "ANISO U-Net image quality transfer (Lin et al. 2019), T1, 0.36 T profile; "
-                "weights_sha256 is the file's sha256 with one network, else the hash of the "
-                "lines '<file> <sha256>' of the files used (each file's hash in the notes)"
-            ),
+            description=_description(self.profiles),
             learned=True,
         )
 
@@ -92,21 +101,24 @@ class IQTEngine:
         directory: str | Path | None = None,
         factors: tuple[int, ...] | None = None,
         version: str | None = None,
+        name: str = MODEL_NAME,
         **kwargs: object,
     ) -> IQTEngine:
-        """Load the released weights (all factors, or ``factors``; the newest version of each,
-        or ``version``), checking each sha256.
+        """Load the released weights of model ``name`` (``iqt-t1``, or ``iqt-mc``; all factors,
+        or ``factors``; the newest version of each, or ``version``), checking each sha256.
 
         Each factor runs with the tile recorded in its manifest entry (``"tile"``) unless
         ``tiles=`` is given; likewise ``"consistency_correction"`` (back-projection), which the
         release sets only when it improved the held-out metrics.
         """
         d = Path(directory) if directory is not None else None
-        wanted = factors or released_factors(d)
+        wanted = factors or released_factors(d, name)
+        if not wanted:
+            raise FileNotFoundError(f"no released {name} weights in {d or 'the package'}")
         networks, hashes, tiles, versions = {}, {}, {}, set()
         corrections = set()
         for k in wanted:
-            net, entry = load_released(k, d, version)
+            net, entry = load_released(k, d, version, name)
             networks[k] = net
             hashes[k] = entry["sha256"]
             if "tile" in entry:
@@ -124,6 +136,8 @@ class IQTEngine:
         return cls(
             networks,
             version=versions.pop() if versions else VERSION,
+            name=name,
+            family=name,
             file_hashes=hashes,
             **kwargs,  # type: ignore[arg-type]
         )
@@ -145,13 +159,13 @@ class IQTEngine:
     ) -> EngineResult:
         """Super-resolve ``volume`` (n, rows, cols) to (n * factor, rows, cols).
 
-        ``spacing_mm`` (slice, row, column spacing of the input) lets the white-matter scale
-        measure the head's core in millimetres; without it the core is measured as if the
+        ``spacing_mm`` (slice, row, column spacing of the input) lets the input scale measure
+        the head's core in millimetres; without it the core is measured as if the
         slices were ``factor`` pixels apart, which is what the network was trained on.
         """
         if factor not in self.networks:
             raise ValueError(
-                f"{MODEL_NAME} supports factors {self.supported_factors}, not {factor}"
+                f"{self._info.name} supports factors {self.supported_factors}, not {factor}"
             )
         v = np.asarray(volume, dtype=np.float32)
         if v.ndim != 3:
@@ -194,6 +208,8 @@ class IQTEngine:
             "consistency_gain_sigma_mm": gain_sigma,
             "tile": [tiles.slices, tiles.rows, tiles.cols],
         }
+        if self.profiles:
+            notes["trained_profiles"] = list(self.profiles)
         if abs(slice_thickness_ratio - 1.0) > 0.05:
             notes["warning"] = (
                 f"trained for contiguous slices; thickness/spacing is {slice_thickness_ratio:.2f}"
@@ -201,9 +217,39 @@ class IQTEngine:
         return EngineResult(volume=pred * scale, consistency_psnr_db=score, notes=notes)
 
 
+def _description(profiles: tuple[str, ...]) -> str:
+    hashes = (
+        "weights_sha256 is the file's sha256 with one network, else the hash of the "
+        "lines '<file> <sha256>' of the files used (each file's hash in the notes)"
+    )
+    if not profiles:
+        return f"ANISO U-Net image quality transfer (Lin et al. 2019), T1, 0.36 T profile; {hashes}"
+    return (
+        "ANISO U-Net super-resolution and denoising in the acquired contrast, one "
+        "contrast-agnostic network trained on random-contrast renderings for the profiles "
+        f"{', '.join(profiles)}; {hashes}"
+    )
+
+
 def create_engine() -> IQTEngine:
     """Zero-argument factory for the pipeline's engine registry: released weights, all factors."""
     return IQTEngine.from_release()
+
+
+def create_mc_engine() -> IQTEngine:
+    """The released ``iqt-mc`` weights, all factors (FileNotFoundError when none ship)."""
+    return IQTEngine.from_release(name=MC_MODEL_NAME)
+
+
+def accepts_mc_profile(profile: Mapping[str, object], directory: Path | None = None) -> bool:
+    """Whether ``iqt-mc`` fits a series: low-field MR (or unknown field) whose routed profile
+    (``profile``) is one its released weights were trained for. T1-0.36T stays ``iqt-t1``'s;
+    a series without a routed profile is not guessed at, and with no ``iqt-mc`` weights
+    released nothing is accepted (the engine is then simply never chosen)."""
+    name = profile.get("profile")
+    if name in (None, "", "T1-0.36T") or not low_field_mr(profile):
+        return False
+    return name in released_profiles(directory, MC_MODEL_NAME)
 
 
 def accepts_profile(profile: Mapping[str, object]) -> bool:

@@ -19,9 +19,10 @@ from models.augment import (
     smooth_bias_field,
 )
 from models.brains import Brain
+from models.contrast.draw import Contrast, ContrastDraw, draw_contrast, render_head
 from models.normalize import input_scale
 from models.profile import FieldProfile
-from models.simulate import TissueMaps, simulate_low_field
+from models.simulate import Simulation, TissueMaps, scale_grey_matter, simulate_low_field
 from models.target import render_target
 
 
@@ -44,6 +45,10 @@ class DrawSettings:
     U(0, ``shading``), so it learns to return the unshaded anatomy: intensities are normalised
     on the white-matter peak, so a patch's white matter away from 1 tells it the local gain,
     which a whole-head bias estimator (N4) could not tell from anatomy on these heads.
+    ``contrast`` (the contrast-agnostic ``iqt-mc``): instead of the brain's T1, each draw
+    renders one of its profiles from the tissue maps (``models.contrast.draw``), simulates that
+    profile's acquisition, and trains towards the same rendering noise-free; ``None`` (every
+    T1 release) leaves the T1 path exactly as it was.
     """
 
     factor: int
@@ -63,11 +68,21 @@ class DrawSettings:
     loss_margin_mm: float = 5.0
     outside_weight: float = 1.0
     threads: int = 1
+    contrast: ContrastDraw | None = None
 
     def __post_init__(self) -> None:
         if self.shading_target not in ("keep", "remove"):
             raise ValueError(
                 f"shading_target must be 'keep' or 'remove', not {self.shading_target!r}"
+            )
+        if self.contrast is not None and (
+            self.target_contrast or self.csf_jitter > 0 or self.hf_gm_scale != (1.0, 1.0)
+        ):
+            # each of these gives the target another contrast than the input's: a transfer
+            # to high-field T1, which no rendered contrast has
+            raise ValueError(
+                "random contrast trains towards the input's own contrast: target_contrast, "
+                "csf_jitter and hf_gm_scale are T1 options"
             )
 
 
@@ -84,6 +99,26 @@ def _loss_weight(
     return np.where(inside, 1.0, settings.outside_weight).astype(np.float32)
 
 
+def _contrast_snr(
+    contrast: Contrast, rng: np.random.Generator, snr: tuple[float, float] | None
+) -> tuple[float, float] | None:
+    """The SNR pair of a random-intensity draw: the profile's draw for its fixed tissue, the
+    other tissue's from the drawn levels, so the simulator's rescaling keeps the random
+    contrast instead of resetting it to the profile's (None: the simulator draws as usual)."""
+    if snr is not None or not contrast.random:
+        return snr
+    wm, gm = contrast.profile.draw_snr(rng)
+    ratio = contrast.levels["gm"] / contrast.levels["wm"]
+    return (wm, wm * ratio) if contrast.profile.fixed_tissue == "wm" else (gm / ratio, gm)
+
+
+def _as_simulated(image: np.ndarray, gm: np.ndarray, wm: np.ndarray, sim: Simulation) -> np.ndarray:
+    """The rendered target with the simulator's tissue rescaling (Lin et al.'s low-field
+    contrast, ``simulate_low_field``), so input and target carry one contrast."""
+    out = scale_grey_matter(image, gm, sim.gm_scale)
+    return scale_grey_matter(out, wm, float(sim.params.get("wm_scale", 1.0)))
+
+
 def simulate_pair(
     brain: Brain,
     settings: DrawSettings,
@@ -91,14 +126,17 @@ def simulate_pair(
     *,
     axis: int | None = None,
     snr: tuple[float, float] | None = None,
+    profile: FieldProfile | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(low-field input, high-field target, loss weight); input and target divided by the
     input's scale (``settings.normalisation``).
 
     The target is cropped to ``n_thick * k`` slices so that input slice ``i`` is centred on
-    target slices ``i*k .. i*k+k-1``.
+    target slices ``i*k .. i*k+k-1``. ``profile`` replaces ``settings.profile`` (with
+    ``settings.contrast``: the profile rendered, instead of a random one of its list).
     """
     axis = int(rng.choice(settings.slice_axes)) if axis is None else axis
+    mc = settings.contrast
     if settings.grid is not None:
         volumes = {"t1": brain.t1, "gm": brain.tissue.gm, "wm": brain.tissue.wm}
         volumes["brain"] = brain.brain_mask.astype(np.float32)
@@ -120,8 +158,19 @@ def simulate_pair(
         t1, gm, wm, csf = b.t1, b.tissue.gm, b.tissue.wm, b.tissue.csf
         mask = b.brain_mask.astype(np.float32)
         spacing = (brain.voxel_mm,) * 3
-        if settings.augment:
+        if settings.augment and mc is not None and csf is not None:
+            t1, gm, wm, mask, csf = random_affine([t1, gm, wm, mask, csf], rng)
+        elif settings.augment:
             t1, gm, wm, mask = random_affine([t1, gm, wm, mask], rng)
+    contrast = None
+    if mc is not None:
+        if csf is None:
+            raise ValueError(f"{brain.name}: random contrast needs a CSF map")
+        contrast = draw_contrast(mc, rng, augment=settings.augment, profile=profile)
+        # from here on ``t1`` is the head in the drawn contrast: shading, slices, loss weights
+        # and patches treat it exactly as they treat the T1
+        t1 = render_head(t1, TissueMaps(gm, wm, csf), contrast)
+        profile = contrast.profile
     coil = None
     if settings.augment and settings.shading > 0:
         if settings.shading_target == "remove":
@@ -143,16 +192,20 @@ def simulate_pair(
     ratio = settings.thickness_ratio
     if settings.thickness_ratios is not None:
         ratio = float(rng.uniform(*settings.thickness_ratios))
+    if contrast is not None:
+        snr = _contrast_snr(contrast, rng, snr)
     sim = simulate_low_field(
         source,
         TissueMaps(gm, wm),
         settings.factor,
-        settings.profile,
+        profile or settings.profile,
         rng,
         thickness_ratio=ratio,
         snr=snr,
         noise=settings.noise,
     )
+    if contrast is not None:
+        target = _as_simulated(target, gm, wm, sim)
     n = sim.low_field.shape[0] * settings.factor
     acquired = (spacing[0] * settings.factor, spacing[1], spacing[2])
     scale = input_scale(settings.normalisation, sim.low_field, acquired)

@@ -2,19 +2,24 @@
 
 Layout under ``models/weights/``:
 
-- ``iqt-t1-VERSION-kK.safetensors`` (``iqt-t1-kK.safetensors`` for 0.1.0, named before there
-  was a second version): the state dict (multi-dimensional tensors stored as float16 to keep
-  files small, 1-D tensors such as batch-norm statistics as float32) with the network
-  configuration and the input normalisation it was trained with in the safetensors metadata;
-- ``manifest.json``: for each file its sha256, factor, version and configuration; loading
-  refuses a file whose hash differs (a corrupted or swapped file must never run silently);
+- ``NAME-VERSION-kK.safetensors`` (``iqt-t1-kK.safetensors`` for 0.1.0, named before there
+  was a second version), NAME ``iqt-t1`` (T1 at 0.36 T) or ``iqt-mc`` (one contrast-agnostic
+  network for several profiles, trained with ``[data] contrast = "random"``): the state dict
+  (multi-dimensional tensors stored as float16 to keep files small, 1-D tensors such as
+  batch-norm statistics as float32) with the network configuration, the input normalisation
+  it was trained with and (``iqt-mc``) its profiles in the safetensors metadata;
+- ``manifest.json``: for each file its sha256, factor, version, configuration and the
+  profile it serves (``profile``), or the profiles (``profiles``) of a multi-contrast file;
+  entries without ``name`` are ``iqt-t1``'s. Loading refuses a file whose hash differs (a
+  corrupted or swapped file must never run silently);
 - a model card beside each file (same name, ``.md``).
 
 Several versions ship side by side: the registry registers every one (so ``dicomnode models
 rollback`` can return to an older one), and code that asks for "the released model" without a
 version gets the newest version of each factor.
 
-Releasing: ``python -m models.release RUN_DIR --card-extra EVAL.md`` after ``dicomnode evaluate``.
+Releasing: ``python -m models.release RUN_DIR --card-extra EVAL.md`` after ``dicomnode evaluate``
+(``--name iqt-mc`` for a random-contrast run).
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ if TYPE_CHECKING:  # torch loads only where weights are read or written: the reg
     from models.aniso_unet import AnisoUNet
 
 MODEL_NAME = "iqt-t1"
+MC_MODEL_NAME = "iqt-mc"
+"""The contrast-agnostic networks: one file per factor serving every profile it lists."""
 VERSION = "0.4.0"
 FIRST_VERSION = "0.1.0"
 DEFAULT_NORMALISATION = "head-p99"
@@ -47,10 +54,22 @@ def weights_dir() -> Path:
     return Path(str(resources.files("models").joinpath("weights")))
 
 
-def file_name(factor: int, version: str = VERSION) -> str:
-    if version == FIRST_VERSION:
+def file_name(factor: int, version: str = VERSION, name: str = MODEL_NAME) -> str:
+    if version == FIRST_VERSION and name == MODEL_NAME:
         return f"{MODEL_NAME}-k{factor}.safetensors"
-    return f"{MODEL_NAME}-{version}-k{factor}.safetensors"
+    return f"{name}-{version}-k{factor}.safetensors"
+
+
+def entry_name(entry: dict) -> str:
+    """The model a manifest entry belongs to (entries written before ``iqt-mc`` name none)."""
+    return str(entry.get("name") or MODEL_NAME)
+
+
+def entry_profiles(entry: dict) -> list[str]:
+    """The registry profiles a manifest entry serves: ``profiles``, else its one ``profile``."""
+    if entry.get("profiles"):
+        return [str(p) for p in entry["profiles"]]
+    return [str(entry["profile"])] if entry.get("profile") else []
 
 
 def version_key(version: str) -> tuple[int, ...]:
@@ -74,24 +93,38 @@ def read_manifest(directory: Path | None = None) -> dict:
     return json.loads(path.read_text()) if path.exists() else {"models": {}}
 
 
-def released_factors(directory: Path | None = None) -> tuple[int, ...]:
-    return tuple(sorted({int(e["factor"]) for e in read_manifest(directory)["models"].values()}))
+def released_entries(directory: Path | None = None, name: str = MODEL_NAME) -> dict[str, dict]:
+    """File name -> manifest entry of every released file of model ``name``."""
+    models = read_manifest(directory)["models"]
+    return {file: entry for file, entry in models.items() if entry_name(entry) == name}
+
+
+def released_factors(directory: Path | None = None, name: str = MODEL_NAME) -> tuple[int, ...]:
+    return tuple(sorted({int(e["factor"]) for e in released_entries(directory, name).values()}))
+
+
+def released_profiles(directory: Path | None = None, name: str = MODEL_NAME) -> tuple[str, ...]:
+    """Every profile some released file of model ``name`` serves."""
+    entries = released_entries(directory, name).values()
+    return tuple(sorted({p for entry in entries for p in entry_profiles(entry)}))
 
 
 def released_entry(
-    factor: int, directory: Path | None = None, version: str | None = None
+    factor: int,
+    directory: Path | None = None,
+    version: str | None = None,
+    name: str = MODEL_NAME,
 ) -> tuple[str, dict]:
     """(file name, manifest entry) of the newest release of ``factor`` (or of ``version``)."""
     entries = [
-        (name, entry)
-        for name, entry in read_manifest(directory)["models"].items()
+        (file, entry)
+        for file, entry in released_entries(directory, name).items()
         if int(entry["factor"]) == factor and (version is None or entry["version"] == version)
     ]
     if not entries:
         which = f" version {version}" if version else ""
         raise FileNotFoundError(
-            f"no released {MODEL_NAME}{which} weights for k={factor} in "
-            f"{directory or weights_dir()}"
+            f"no released {name}{which} weights for k={factor} in {directory or weights_dir()}"
         )
     return max(entries, key=lambda item: version_key(str(item[1]["version"])))
 
@@ -143,17 +176,22 @@ def load_weights(path: Path, expected_sha256: str | None) -> AnisoUNet:
     model.consistency_weight = float(info.get("consistency_weight", 0.0))
     # and the width of the smooth gain it keeps (0: releases before 0.5, which kept shading).
     model.consistency_gain_sigma_mm = float(info.get("consistency_gain_sigma_mm", 0.0))
+    # The profiles a contrast-agnostic file was trained for (empty for iqt-t1 files).
+    model.profiles = tuple(str(p) for p in info.get("profiles", ()))
     return model.eval()
 
 
 def load_released(
-    factor: int, directory: Path | None = None, version: str | None = None
+    factor: int,
+    directory: Path | None = None,
+    version: str | None = None,
+    name: str = MODEL_NAME,
 ) -> tuple[AnisoUNet, dict]:
-    """The newest (or the given version's) released network for ``factor`` and its manifest
-    entry, with the entry's ``file`` name added (sha256 checked)."""
+    """The newest (or the given version's) released network of model ``name`` for ``factor``
+    and its manifest entry, with the entry's ``file`` name added (sha256 checked)."""
     directory = directory or weights_dir()
-    name, entry = released_entry(factor, directory, version)
-    return load_weights(directory / name, entry["sha256"]), {**entry, "file": name}
+    file, entry = released_entry(factor, directory, version, name)
+    return load_weights(directory / file, entry["sha256"]), {**entry, "file": file}
 
 
 def release_run(
@@ -168,9 +206,13 @@ def release_run(
     consistency_weight: float = 0.0,
     continues: str | None = None,
     consistency_gain_sigma_mm: float = 0.0,
+    name: str = MODEL_NAME,
 ) -> Path:
     """Turn a training run (``model.pt``) into a released file + card; ``earlier_stages`` are
     the runs it was fine-tuned from, whose time and steps count towards the total.
+
+    ``name``: ``iqt-t1`` for a T1 run, another name (``iqt-mc``) for a random-contrast run
+    (``[data] contrast = "random"``), whose entry lists the profiles it was trained for.
 
     ``continues`` names the released version the run started from (``--init-from``): that
     release's stages, time and steps (from the manifest, its run folders being long gone) are
@@ -189,32 +231,39 @@ def release_run(
     model = AnisoUNet(UNetConfig(**cfg["model"]))
     model.load_state_dict(ck["model"])
     factor = model.config.factor
+    profiles = _served_profiles(cfg, name)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / file_name(factor, version)
+    path = out_dir / file_name(factor, version, name)
     history = ck["history"]
     normalisation = cfg["data"].get("normalisation", DEFAULT_NORMALISATION)
     metadata: dict[str, object] = {
-        "name": MODEL_NAME,
+        "name": name,
         "version": version,
         "input_normalisation": normalisation,
     }
+    if profiles:
+        metadata["profiles"] = profiles
     if consistency_weight:
         # In the file, not only the manifest: the weight was tuned for these weights.
         metadata["consistency_weight"] = consistency_weight
     if consistency_gain_sigma_mm:
         metadata["consistency_gain_sigma_mm"] = consistency_gain_sigma_mm
     sha = save_weights(model, path, metadata)
-    from models.profile import load_profile
-
-    profile = load_profile(cfg["data"]["profile"])
     manifest = read_manifest(out_dir)
     inherited: dict = {"stages": [], "training_seconds": 0, "steps": 0}
     if continues is not None:
-        inherited = manifest["models"][file_name(factor, continues)]
+        inherited = manifest["models"][file_name(factor, continues, name)]
+    served: dict[str, object] = {"profiles": profiles}
+    if not profiles:
+        from models.profile import load_profile
+
+        profile = load_profile(cfg["data"]["profile"])
+        served = {"profile": f"{profile.contrast}-{cfg['data']['profile']}"}
     manifest["models"][path.name] = {
+        "name": name,
         "factor": factor,
         "version": version,
-        "profile": f"{profile.contrast}-{cfg['data']['profile']}",
+        **served,
         "input_normalisation": normalisation,
         "sha256": sha,
         "config": cfg,
@@ -259,6 +308,22 @@ def release_run(
     return path
 
 
+def _served_profiles(cfg: dict, name: str) -> list[str]:
+    """The profiles a random-contrast run serves; [] for a T1 run. Each kind is released under
+    its own name, so the registry never runs a T1 network for a T2 series or the reverse."""
+    random = cfg["data"].get("contrast", "t1") == "random"
+    if random and name == MODEL_NAME:
+        raise ValueError(
+            f"a random-contrast run is not an {MODEL_NAME} network: release it under its own "
+            f"name (--name {MC_MODEL_NAME})"
+        )
+    if not random and name != MODEL_NAME:
+        raise ValueError(
+            f"a T1 run is released as {MODEL_NAME}; --name {name} is for random-contrast runs"
+        )
+    return [str(p) for p in cfg["data"]["profiles"]] if random else []
+
+
 def _data_lines(cfg: dict) -> str:
     """The training data of a run, in the words of its configuration."""
     d = cfg["data"]
@@ -288,6 +353,15 @@ def _data_lines(cfg: dict) -> str:
         )
     else:
         lines.append("Augmentation: voxel-space affine +-10 deg / +-10 %, bias field, flips.")
+    if d.get("contrast") == "random":
+        lines.append(
+            f"Contrast: every draw renders the brain from its tissue maps with one of "
+            f"{', '.join(d['profiles'])} (sequence and field of the profile, "
+            f"models/contrast/draw.py), tissue signals jittered +-{d['contrast_jitter']:.0%}, "
+            f"{d['random_contrast_probability']:.0%} of draws with random tissue levels; the "
+            f"non-brain head from the brain's T1 through gain {d['scalp_gain']} and power "
+            f"{d['scalp_gamma']}. Target: the same rendering noise-free (no contrast transfer)."
+        )
     if d.get("target_contrast"):
         from models.target import TARGET_GM_WM_RATIO
 
@@ -319,13 +393,56 @@ def _back_projection(entry: dict) -> str:
     return "off"
 
 
-def model_card(entry: dict, path: Path, history: dict, hardware: str, extra: str) -> str:
+def _purpose(entry: dict, k: int) -> tuple[str, str]:
+    """The card's opening paragraph and its simulator paragraph: a T1 network's or a
+    contrast-agnostic network's (``profiles``)."""
     from models.profile import load_profile
 
+    d = entry["config"]["data"]
+    if not entry.get("profiles"):
+        prof = load_profile(d["profile"])
+        purpose = (
+            "Through-plane super-resolution and low-to-high-field contrast transfer for "
+            "T1-weighted brain MRI\n(Image Quality Transfer, ANISO U-Net of Lin et al. 2019), "
+            f"trained for the {prof.name} profile:\n{k} thin slices per acquired slice."
+        )
+        simulator = (
+            "Lin et al. 2019 Algorithm 1 (`models/simulate.py`): Gaussian slice profile, "
+            f"FWHM = slice\nthickness, a slice every {k} thin voxels, GM rescaled and "
+            f"{d['noise']} noise added over the\nwhole field of view so that (SNR_WM, SNR_GM) "
+            f"~ N({list(prof.snr_mean)},\n{[list(r) for r in prof.snr_covariance]}) "
+            f"({prof.source})."
+        )
+        return purpose, simulator
+    names = list(entry["profiles"])
+    purpose = (
+        "Through-plane super-resolution and denoising of low-field brain MRI in the acquired\n"
+        "contrast: one contrast-agnostic ANISO U-Net (Lin et al. 2019) trained on random-contrast\n"
+        f"renderings of tissue maps (SynthSR spirit) for the profiles {', '.join(names)}:\n"
+        f"{k} thin slices per acquired slice. No contrast transfer (no high-field T2 or FLAIR\n"
+        f"exists to learn it from). Engine `{entry_name(entry)}`; T1-0.36T stays `{MODEL_NAME}`'s."
+    )
+    rows = "\n".join(
+        f"- {name}: {p.sequence.kind if p.sequence else '?'} at {p.field_strength_t:g} T, "
+        f"(SNR_WM, SNR_GM) mean {list(p.snr_mean)}, fixed tissue {p.fixed_tissue} ({p.source})"
+        for name, p in ((n, load_profile(n)) for n in names)
+    )
+    simulator = (
+        "Lin et al. 2019 Algorithm 1 (`models/simulate.py`) with each draw's profile: Gaussian\n"
+        f"slice profile, FWHM = slice thickness, a slice every {k} thin voxels, the non-fixed\n"
+        f"tissue rescaled to the SNR pair drawn from the profile and {d['noise']} noise over the\n"
+        "whole field of view; the target carries the same tissue rescaling, noise-free.\n\n"
+        f"{rows}"
+    )
+    return purpose, simulator
+
+
+def model_card(entry: dict, path: Path, history: dict, hardware: str, extra: str) -> str:
     cfg = entry["config"]
     d = cfg["data"]
-    prof = load_profile(d["profile"])
+    name = entry_name(entry)
     k = entry["factor"]
+    purpose, simulator = _purpose(entry, k)
     m, t = cfg["model"], cfg["train"]
     arch = (
         f"ANISO U-Net, {m['levels']} levels, {m['base_filters']} base filters (paper: 16), "
@@ -344,15 +461,14 @@ def model_card(entry: dict, path: Path, history: dict, hardware: str, extra: str
     lin = history.get("val_psnr_linear") or [float("nan")]
     norm = entry.get("input_normalisation", DEFAULT_NORMALISATION)
     ratios = d.get("thickness_ratios") or [d.get("thickness_ratio", 1.0)] * 2
-    return f"""# Model card: {MODEL_NAME} k={k} (version {entry["version"]})
+    loader = "" if name == MODEL_NAME else f'name="{name}"'
+    return f"""# Model card: {name} k={k} (version {entry["version"]})
 
-Through-plane super-resolution and low-to-high-field contrast transfer for T1-weighted brain MRI
-(Image Quality Transfer, ANISO U-Net of Lin et al. 2019), trained for the {prof.name} profile:
-{k} thin slices per acquired slice.
+{purpose}
 
 - file: `{path.name}` ({path.stat().st_size / 1e6:.1f} MB, conv weights float16)
 - sha256: `{entry["sha256"]}`
-- engine: `models.iqt_engine.IQTEngine.from_release()` (name `iqt-t1`)
+- engine: `models.iqt_engine.IQTEngine.from_release({loader})` (name `{name}`)
 - input: float32 array (slices, rows, cols), slice axis 0, any non-negative intensity scale;
   the engine divides by the `{norm}` scale (`models/normalize.py`) and multiplies back.
 - slices: thickness/spacing {ratios[0]}-{ratios[1]} in training (gaps).
@@ -378,10 +494,7 @@ Through-plane super-resolution and low-to-high-field contrast transfer for T1-we
 
 ## Simulator
 
-Lin et al. 2019 Algorithm 1 (`models/simulate.py`): Gaussian slice profile, FWHM = slice
-thickness, a slice every {k} thin voxels, GM rescaled and {d["noise"]} noise added over the
-whole field of view so that (SNR_WM, SNR_GM) ~ N({list(prof.snr_mean)},
-{[list(r) for r in prof.snr_covariance]}) ({prof.source}).
+{simulator}
 
 ## Validation during training
 
@@ -436,6 +549,12 @@ def main() -> None:
         help="released version the run was initialised from (--init-from); its history counts",
     )
     parser.add_argument("--version", default=VERSION, help="version to release as")
+    parser.add_argument(
+        "--name",
+        default=MODEL_NAME,
+        help=f"model to release as: {MODEL_NAME} (T1 runs) or {MC_MODEL_NAME} (random-contrast "
+        "runs, [data] contrast = 'random'; the entry lists the run's profiles)",
+    )
     args = parser.parse_args()
     extra = args.card_extra.read_text() if args.card_extra else ""
     tile = json.loads(args.tile) if args.tile else None
@@ -451,6 +570,7 @@ def main() -> None:
         consistency_weight=args.consistency_weight,
         continues=args.continues,
         consistency_gain_sigma_mm=args.consistency_gain_sigma_mm,
+        name=args.name,
     )
     print(path, sha256_file(path))
 

@@ -23,8 +23,9 @@ from torch.nn import functional as F
 from models.aniso_unet import AnisoUNet, UNetConfig
 from models.augment import GridDraw
 from models.brains import HELD_OUT_BRAINS, TRAIN_BRAINS, Brain, load_brain
+from models.contrast.draw import ContrastDraw
 from models.patches import DrawSettings, sample_patches, simulate_pair
-from models.profile import load_profile
+from models.profile import PROFILE_NAMES, load_profile
 
 
 @dataclass
@@ -60,6 +61,14 @@ class DataConfig:
     loss_margin_mm: float = 5.0
     outside_weight: float = 1.0
     edge_fraction: float = 0.0
+    # Contrast-agnostic networks (iqt-mc; models.contrast.draw): "random" renders each draw in
+    # one of ``profiles`` (registry names) with jittered tissue signals; "t1" is the brain's T1.
+    contrast: str = "t1"
+    profiles: list[str] = field(default_factory=list)
+    contrast_jitter: float = 0.15
+    random_contrast_probability: float = 0.1
+    scalp_gain: list[float] = field(default_factory=lambda: [0.3, 1.5])
+    scalp_gamma: list[float] = field(default_factory=lambda: [0.6, 1.6])
 
 
 @dataclass
@@ -171,9 +180,10 @@ def draw_settings(cfg: TrainConfig, *, augment: bool | None = None) -> DrawSetti
             elastic_mm=d.elastic_mm,
         )
     ratios = d.thickness_ratios
+    contrast = contrast_draw(d)
     return DrawSettings(
         factor=cfg.model.factor,
-        profile=load_profile(d.profile),
+        profile=contrast.profiles[0] if contrast else load_profile(d.profile),
         noise=d.noise,
         thickness_ratio=d.thickness_ratio,
         slice_axes=tuple(d.slice_axes),
@@ -189,6 +199,28 @@ def draw_settings(cfg: TrainConfig, *, augment: bool | None = None) -> DrawSetti
         loss_margin_mm=d.loss_margin_mm,
         outside_weight=d.outside_weight,
         threads=max(1, cfg.train.threads),
+        contrast=contrast,
+    )
+
+
+def contrast_draw(d: DataConfig) -> ContrastDraw | None:
+    """The random-contrast draw ``[data] contrast = "random"`` asks for (None for "t1")."""
+    if d.contrast == "t1":
+        return None
+    if d.contrast != "random":
+        raise ValueError(f"[data] contrast must be 't1' or 'random', not {d.contrast!r}")
+    unknown = sorted(set(d.profiles) - set(PROFILE_NAMES))
+    if not d.profiles or unknown:
+        raise ValueError(
+            f"[data] profiles must list registry profiles ({', '.join(PROFILE_NAMES)}); "
+            f"got {d.profiles}"
+        )
+    return ContrastDraw(
+        tuple(load_profile(name) for name in d.profiles),
+        jitter=d.contrast_jitter,
+        random_probability=d.random_contrast_probability,
+        scalp_gain=(float(d.scalp_gain[0]), float(d.scalp_gain[1])),
+        scalp_gamma=(float(d.scalp_gamma[0]), float(d.scalp_gamma[1])),
     )
 
 
@@ -310,29 +342,34 @@ class PatchStream:
 
 
 def validation_set(cfg: TrainConfig, seed: int = 1234) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fixed patches of the held-out brains (or halves): axial, mean SNR, no augmentation."""
+    """Fixed patches of the held-out brains (or halves): axial, mean SNR, no augmentation;
+    with random contrast, each listed profile at its own contrast and mean SNR."""
     if not cfg.data.val_brains:
         return torch.empty(0), torch.empty(0)
     rng = np.random.default_rng(seed)
     settings = draw_settings(cfg, augment=False)
+    profiles = settings.contrast.profiles if settings.contrast else (settings.profile,)
     xs, ys = [], []
-    per = max(1, cfg.data.val_patches // len(cfg.data.val_brains))
+    per = max(1, cfg.data.val_patches // (len(cfg.data.val_brains) * len(profiles)))
     for name in cfg.data.val_brains:
         brain = load_region(name, cfg.data.val_regions)
-        low, high, _ = simulate_pair(brain, settings, rng, axis=2, snr=settings.profile.snr_mean)
-        x, y, _ = sample_patches(
-            low,
-            high,
-            cfg.model.factor,
-            per,
-            rng,
-            in_plane=cfg.data.patch_in_plane,
-            out_slices=cfg.data.patch_in_plane,
-            min_foreground=cfg.data.min_foreground,
-            flips=False,
-        )
-        xs.append(x)
-        ys.append(y)
+        for profile in profiles:
+            low, high, _ = simulate_pair(
+                brain, settings, rng, axis=2, snr=profile.snr_mean, profile=profile
+            )
+            x, y, _ = sample_patches(
+                low,
+                high,
+                cfg.model.factor,
+                per,
+                rng,
+                in_plane=cfg.data.patch_in_plane,
+                out_slices=cfg.data.patch_in_plane,
+                min_foreground=cfg.data.min_foreground,
+                flips=False,
+            )
+            xs.append(x)
+            ys.append(y)
     return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
 

@@ -10,8 +10,9 @@ imported by us, through the ``dicomnode.engines`` entry-point group (``name = "m
 An engine that runs weights files may also register a loader (``from_weights``): ``load_engine``
 builds it from given files, one per factor, each checked against its sha256 before it is loaded.
 That is how the node's worker runs the model registry's versions (``iqt-t1`` under each
-version's own name), while ``get_engine`` / ``choose_engine`` serve ``dicomnode enhance`` and
-the benches: one registry picks and builds every engine.
+version's own name, ``iqt-mc`` for the contrast-agnostic rows), while ``get_engine`` /
+``choose_engine`` serve ``dicomnode enhance`` and the benches: one registry picks and builds
+every engine.
 """
 
 from __future__ import annotations
@@ -162,6 +163,14 @@ def build_engine(name: str, /, **options: object) -> ThroughPlaneEngine:
     if not isinstance(engine, ThroughPlaneEngine):
         raise EnhanceError("engine-invalid", f"engine {name!r} does not implement the contract")
     return engine
+
+
+def runs_weights(name: str) -> bool:
+    """Whether ``name`` is a registered engine that runs weights files (has a loader)."""
+    _load_entry_points()
+    with _lock:
+        registration = _registry.get(name)
+    return registration is not None and registration.from_weights is not None
 
 
 def engine_takes(name: str, option: str) -> bool:
@@ -315,28 +324,62 @@ register_engine(
 )
 
 
+def _released_mc() -> ThroughPlaneEngine:
+    """The released ``iqt-mc`` weights (all factors); FileNotFoundError when none ship."""
+    from models.iqt_engine import create_mc_engine
+
+    return create_mc_engine()
+
+
+def _mc_accepts(profile: Profile) -> bool:
+    from models.iqt_engine import accepts_mc_profile
+
+    return accepts_mc_profile(profile)
+
+
+def _mc_from_weights(
+    weights: Mapping[int, WeightsFile], /, **options: object
+) -> ThroughPlaneEngine:
+    """The ``iqt-t1`` loader over contrast-agnostic files: one inference code, the files'
+    own metadata (normalisation, profiles) and the ``iqt-mc`` family's file names."""
+    from models.release import MC_MODEL_NAME
+
+    options.setdefault("name", MC_MODEL_NAME)
+    options.setdefault("family", MC_MODEL_NAME)
+    return _iqt_from_weights(weights, **options)
+
+
+# One contrast-agnostic network for the profiles its release lists (T2 and FLAIR, 64 mT): above
+# ``bspline`` and ``inr`` for those profiles, as ``iqt-t1`` is for T1 (a release is made only
+# once the quality bench shows it beats cubic). It accepts only the routed profiles its shipped
+# weights serve, so with none shipped it is never chosen and nothing changes; the node's worker
+# runs the registry's ``iqt-mc`` rows through its loader.
+register_engine("iqt-mc", _released_mc, rank=5, accepts=_mc_accepts, from_weights=_mc_from_weights)
+
+
 def _register_released_versions() -> None:
-    """``iqt-t1@VERSION`` for every version shipped with the software, so an older release can
-    still be run by name (``dicomnode enhance --model iqt-t1@0.1.0``, the quality bench). Ranked
-    below ``bspline``: never chosen automatically, so a broken newest release cannot silently
-    fall back to an older model."""
-    from models.release import MODEL_NAME, read_manifest
+    """``iqt-t1@VERSION`` (and ``iqt-mc@VERSION``) for every version shipped with the software,
+    so an older release can still be run by name (``dicomnode enhance --model iqt-t1@0.1.0``,
+    the quality bench). Ranked below ``bspline``: never chosen automatically, so a broken newest
+    release cannot silently fall back to an older model."""
+    from models.release import MC_MODEL_NAME, MODEL_NAME, entry_name, read_manifest
 
-    versions = {str(e["version"]) for e in read_manifest()["models"].values()}
-    for version in sorted(versions):
+    kinds = {
+        MODEL_NAME: (_iqt_accepts, _iqt_from_weights),
+        MC_MODEL_NAME: (_mc_accepts, _mc_from_weights),
+    }
+    shipped = {(entry_name(e), str(e["version"])) for e in read_manifest()["models"].values()}
+    for name, version in sorted(shipped):
+        if name not in kinds:
+            continue
+        accepts, loader = kinds[name]
 
-        def factory(version: str = version) -> ThroughPlaneEngine:
+        def factory(version: str = version, name: str = name) -> ThroughPlaneEngine:
             from models.iqt_engine import IQTEngine
 
-            return IQTEngine.from_release(version=version)
+            return IQTEngine.from_release(version=version, name=name)
 
-        register_engine(
-            f"{MODEL_NAME}@{version}",
-            factory,
-            rank=-1,
-            accepts=_iqt_accepts,
-            from_weights=_iqt_from_weights,
-        )
+        register_engine(f"{name}@{version}", factory, rank=-1, accepts=accepts, from_weights=loader)
 
 
 _register_released_versions()

@@ -45,6 +45,14 @@ ByOption = Annotated[
     typer.Option("--by", help="Who is doing this, for the audit trail (default: your login)."),
 ]
 ReasonOption = Annotated[str | None, typer.Option("--reason", help="Recorded with the activation.")]
+OnlyProfileOption = Annotated[
+    str | None,
+    typer.Option(
+        "--profile",
+        help="Only the rows of this profile (a contrast-agnostic version such as iqt-mc serves "
+        "several, each activated on its own).",
+    ),
+]
 
 
 def _open(config_file: Path | None) -> tuple[Config, Database]:
@@ -136,7 +144,11 @@ def import_command(
         str | None, typer.Option(help="Version (default: from the file's metadata).")
     ] = None,
     profile: Annotated[
-        str | None, typer.Option(help="Acquisition profile it is for, e.g. T1-0.36T.")
+        str | None,
+        typer.Option(
+            help="Acquisition profile it is for, e.g. T1-0.36T (a file serving several, such as "
+            "iqt-mc, is imported once per profile)."
+        ),
     ] = None,
     factor: Annotated[
         int | None, typer.Option(help="Through-plane factor; must match the network.")
@@ -193,6 +205,7 @@ def import_command(
 def show(
     ref: Annotated[str, typer.Argument(help="Id, NAME@VERSION or NAME@VERSION/kFACTOR.")],
     config: ConfigOption = None,
+    profile: OnlyProfileOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Everything about a version: card, metrics, settings and activation history."""
@@ -202,7 +215,7 @@ def show(
     try:
         with database.session() as session:
             details = []
-            for row in resolve(session, ref):
+            for row in resolve(session, ref, profile):
                 item = as_dict(row, details=True)
                 item["activations"] = [
                     {
@@ -243,6 +256,7 @@ def show(
 def activate_command(
     ref: Annotated[str, typer.Argument(help="Id, NAME@VERSION (all factors) or NAME@VERSION/kK.")],
     config: ConfigOption = None,
+    profile: OnlyProfileOption = None,
     by: ByOption = None,
     reason: ReasonOption = None,
     as_json: JsonOption = False,
@@ -263,13 +277,13 @@ def activate_command(
     try:
         with database.session() as session:
             before = {}
-            for row in resolve(session, ref):
+            for row in resolve(session, ref, profile):
                 current = active_model(session, row.profile, row.factor)
                 before[row.id] = (
                     current.id if current else None,
                     label(current) if current else None,
                 )
-            for row in activate(session, ref, by=who, reason=reason):
+            for row in activate(session, ref, by=who, reason=reason, profile=profile):
                 previous_id, previous_label = before[row.id]
                 results.append(
                     {
@@ -370,6 +384,7 @@ def verify_command(config: ConfigOption = None, as_json: JsonOption = False) -> 
 def remove_command(
     ref: Annotated[str, typer.Argument(help="Id, NAME@VERSION or NAME@VERSION/kFACTOR.")],
     config: ConfigOption = None,
+    profile: OnlyProfileOption = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     keep_file: Annotated[
         bool, typer.Option("--keep-file", help="Unregister but leave the file on disk.")
@@ -386,12 +401,13 @@ def remove_command(
     try:
         if not yes:
             with database.session() as session:
-                labels = [label(row) for row in resolve(session, ref)]
+                labels = [f"{label(row)} {row.profile}" for row in resolve(session, ref, profile)]
             if not typer.confirm(f"remove {', '.join(labels)}?"):
                 raise typer.Exit(1)
         with database.session() as session:
             removed = [
-                (label(row), row.state) for row in remove(session, ref, delete_file=not keep_file)
+                (f"{label(row)} for {row.profile}", row.state)
+                for row in remove(session, ref, delete_file=not keep_file, profile=profile)
             ]
     except (RegistryError, OSError) as exc:
         raise fail(str(exc)) from None

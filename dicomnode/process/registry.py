@@ -180,25 +180,31 @@ def _known(session: Session) -> str:
     ).all()
     if not rows:
         return "no models are registered"
-    grouped: dict[str, list[str]] = {}
+    grouped: dict[str, list[ModelVersion]] = {}
     for row in rows:
-        grouped.setdefault(f"{row.name}@{row.version}", []).append(f"k{row.factor}={row.id}")
-    return "registered: " + "; ".join(
-        f"{ref} ({', '.join(items)})" for ref, items in grouped.items()
-    )
+        grouped.setdefault(f"{row.name}@{row.version}", []).append(row)
+    parts = []
+    for ref, members in grouped.items():
+        several = len({m.profile for m in members}) > 1  # a contrast-agnostic version
+        items = [f"k{m.factor}={m.id}" + (f" {m.profile}" if several else "") for m in members]
+        parts.append(f"{ref} ({', '.join(items)})")
+    return "registered: " + "; ".join(parts)
 
 
 # --- queries ------------------------------------------------------------------------------------
 
 
-def resolve(session: Session, ref: str) -> list[ModelVersion]:
-    """The rows a reference names: a numeric id, ``name@version`` (every factor of that version)
-    or ``name@version/k4`` (one factor)."""
+def resolve(session: Session, ref: str, profile: str | None = None) -> list[ModelVersion]:
+    """The rows a reference names: a numeric id, ``name@version`` (every factor of that version,
+    and every profile a contrast-agnostic version serves) or ``name@version/k4`` (one factor);
+    ``profile`` keeps the rows of that profile only (``--profile``)."""
     ref = ref.strip()
     if ref.isdigit():
         row = session.get(ModelVersion, int(ref))
         if row is None:
             raise RegistryError(f"no model with id {ref}; {_known(session)}")
+        if profile is not None and row.profile != profile:
+            raise RegistryError(f"{label(row)} serves {row.profile}, not {profile}")
         return [row]
     match = _REF_RE.match(ref)
     if match is None:
@@ -211,9 +217,12 @@ def resolve(session: Session, ref: str) -> list[ModelVersion]:
     )
     if match["factor"] is not None:
         query = query.where(ModelVersion.factor == int(match["factor"]))
-    rows = list(session.scalars(query.order_by(ModelVersion.factor)))
+    if profile is not None:
+        query = query.where(ModelVersion.profile == profile)
+    rows = list(session.scalars(query.order_by(ModelVersion.factor, ModelVersion.profile)))
     if not rows:
-        raise RegistryError(f"no model {ref}; {_known(session)}")
+        which = f" for profile {profile}" if profile is not None else ""
+        raise RegistryError(f"no model {ref}{which}; {_known(session)}")
     return rows
 
 
@@ -303,17 +312,20 @@ def sync_released(
     """Register the weights shipped with the software; returns the rows created (usually none).
 
     Called at every node start and before every ``dicomnode models`` command, so that released
-    models are there with no manual step. A manifest entry already registered under the same
-    (name, version, factor), in whatever state, even removed, is left alone: an administrator's
-    activation, rollback or removal is never undone by a restart. Entries register oldest version
-    first. A newly registered version is activated (action "release") when its profile and
-    factor have no active version, or when the active one is an older version that was itself
-    activated by a release (nobody chose it): an upgrade then brings the better model into use
-    with no manual step, and ``dicomnode models rollback`` returns to the one before. Where an
-    administrator activated or rolled back a version, a new release only becomes "available"
-    and waits for ``dicomnode models activate``.
+    models are there with no manual step. A manifest entry serves one profile (``profile``) or,
+    for a contrast-agnostic file (``iqt-mc``), several (``profiles``): each (profile, factor) is
+    a row of its own, all pointing at the one copied file, so each profile is activated, rolled
+    back and audited on its own. A manifest entry already registered under the same (name,
+    version, profile, factor), in whatever state, even removed, is left alone: an
+    administrator's activation, rollback or removal is never undone by a restart. Entries
+    register oldest version first. A newly registered version is activated (action "release")
+    when its profile and factor have no active version, or when the active one is an older
+    version that was itself activated by a release (nobody chose it): an upgrade then brings
+    the better model into use with no manual step, and ``dicomnode models rollback`` returns to
+    the one before. Where an administrator activated or rolled back a version, a new release
+    only becomes "available" and waits for ``dicomnode models activate``.
     """
-    from models.release import MODEL_NAME, read_manifest, version_key, weights_dir
+    from models.release import entry_name, entry_profiles, read_manifest, version_key, weights_dir
 
     directory = directory or weights_dir()
     created: list[ModelVersion] = []
@@ -322,86 +334,105 @@ def sync_released(
         key=lambda item: (version_key(str(item[1]["version"])), item[0]),
     )
     for file_name, entry in entries:
-        name = str(entry.get("name") or MODEL_NAME)
+        name = entry_name(entry)
         version = str(entry["version"])
         factor = int(entry["factor"])
-        existing = _find(session, name, version, factor)
-        if existing is not None:
-            if existing.sha256 != entry["sha256"]:
-                log.warning(
-                    "released %s version %s k%d differs from the registered copy; keeping the "
-                    "registered one (a version stands for fixed bytes)",
-                    name,
-                    version,
-                    factor,
-                )
-            continue
-        profile = entry.get("profile")
-        if not profile:
+        served = entry_profiles(entry)
+        if not served:
             raise RegistryError(
                 f"released {file_name} has no 'profile' in {directory / 'manifest.json'}; "
                 "the installed package is incomplete"
             )
-        source = directory / file_name
-        if not source.is_file():
-            raise RegistryError(
-                f"released {file_name} is listed in {directory / 'manifest.json'} but missing; "
-                "reinstall the package"
+        copied = False
+        for profile in served:
+            existing = _find(session, name, version, factor, profile)
+            if existing is not None:
+                if existing.sha256 != entry["sha256"]:
+                    log.warning(
+                        "released %s version %s k%d differs from the registered copy; keeping "
+                        "the registered one (a version stands for fixed bytes)",
+                        name,
+                        version,
+                        factor,
+                    )
+                continue
+            row = _register_released(
+                session, data_dir, directory / file_name, entry, profile, copy=not copied
             )
-        actual = _sha256(source)
-        if actual != entry["sha256"]:
-            raise RegistryError(
-                f"released {source} has sha256 {actual}, the manifest says {entry['sha256']}: "
-                "the installed file is corrupted or was replaced; reinstall the package"
+            copied = True
+            if row is None:
+                continue
+            created.append(row)
+            log.info(
+                "registered released model",
+                extra={"model": label(row), "profile": row.profile, "sha256": row.sha256},
             )
-        card_source = source.with_suffix(".md")
-        card = card_source.read_text(encoding="utf-8") if card_source.is_file() else None
-        target = models_root(data_dir) / name / version / weights_file_name(name, factor)
+            current = _active(session, row.profile, factor, lock=True)
+            if current is None or _superseded_by_release(session, current, row):
+                _switch(
+                    session,
+                    row,
+                    current,
+                    action=ACTION_RELEASE,
+                    by=RELEASE_BY,
+                    reason=f"released with the software ({name} {version})",
+                )
+    return created
+
+
+def _register_released(
+    session: Session, data_dir: Path, source: Path, entry: dict, profile: str, *, copy: bool
+) -> ModelVersion | None:
+    """One (profile, factor) row of a released file, the file copied into ``data_dir`` first
+    (once per file: ``copy``); None when another process registered it at the same moment."""
+    from models.release import entry_name
+
+    name, version, factor = entry_name(entry), str(entry["version"]), int(entry["factor"])
+    manifest = source.parent / "manifest.json"
+    if not source.is_file():
+        raise RegistryError(
+            f"released {source.name} is listed in {manifest} but missing; reinstall the package"
+        )
+    actual = _sha256(source)
+    if actual != entry["sha256"]:
+        raise RegistryError(
+            f"released {source} has sha256 {actual}, the manifest says {entry['sha256']}: "
+            "the installed file is corrupted or was replaced; reinstall the package"
+        )
+    card_source = source.with_suffix(".md")
+    card = card_source.read_text(encoding="utf-8") if card_source.is_file() else None
+    target = models_root(data_dir) / name / version / weights_file_name(name, factor)
+    if copy:
         _copy_checked(source, target, actual)
         if card is not None:
             _write_card(target.with_suffix(".md"), card)
-        settings = {key: entry[key] for key in ("tile", "consistency_correction") if key in entry}
-        network = (entry.get("config") or {}).get("model")
-        if network is not None:
-            settings["network"] = network
-        row = ModelVersion(
-            name=name,
-            version=version,
-            profile=str(profile),
-            factor=factor,
-            path=str(target),
-            sha256=actual,
-            card=card,
-            metrics=entry.get("metrics"),
-            settings=settings or None,
-            source=SOURCE_RELEASED,
-            state=ModelState.AVAILABLE,
-        )
-        # A savepoint, so that a node and a CLI syncing at the same moment on PostgreSQL do not
-        # fail: the second insert hits the unique index and simply finds the row registered.
-        try:
-            with session.begin_nested():
-                session.add(row)
-                session.flush()
-        except IntegrityError:
-            log.info("released %s@%s k%d registered concurrently", name, version, factor)
-            continue
-        created.append(row)
-        log.info(
-            "registered released model",
-            extra={"model": label(row), "profile": row.profile, "sha256": row.sha256},
-        )
-        current = _active(session, row.profile, factor, lock=True)
-        if current is None or _superseded_by_release(session, current, row):
-            _switch(
-                session,
-                row,
-                current,
-                action=ACTION_RELEASE,
-                by=RELEASE_BY,
-                reason=f"released with the software ({name} {version})",
-            )
-    return created
+    settings = {key: entry[key] for key in ("tile", "consistency_correction") if key in entry}
+    network = (entry.get("config") or {}).get("model")
+    if network is not None:
+        settings["network"] = network
+    row = ModelVersion(
+        name=name,
+        version=version,
+        profile=profile,
+        factor=factor,
+        path=str(target),
+        sha256=actual,
+        card=card,
+        metrics=entry.get("metrics"),
+        settings=settings or None,
+        source=SOURCE_RELEASED,
+        state=ModelState.AVAILABLE,
+    )
+    # A savepoint, so that a node and a CLI syncing at the same moment on PostgreSQL do not
+    # fail: the second insert hits the unique index and simply finds the row registered.
+    try:
+        with session.begin_nested():
+            session.add(row)
+            session.flush()
+    except IntegrityError:
+        log.info("released %s@%s k%d registered concurrently", name, version, factor)
+        return None
+    return row
 
 
 def _superseded_by_release(session: Session, current: ModelVersion, new: ModelVersion) -> bool:
@@ -415,12 +446,30 @@ def _superseded_by_release(session: Session, current: ModelVersion, new: ModelVe
     return bool(entries) and entries[-1].action == ACTION_RELEASE
 
 
-def _find(session: Session, name: str, version: str, factor: int) -> ModelVersion | None:
+def _find(
+    session: Session, name: str, version: str, factor: int, profile: str
+) -> ModelVersion | None:
     return session.scalars(
         select(ModelVersion).where(
             ModelVersion.name == name,
             ModelVersion.version == version,
             ModelVersion.factor == factor,
+            ModelVersion.profile == profile,
+        )
+    ).first()
+
+
+def _other_bytes(
+    session: Session, name: str, version: str, factor: int, sha256: str
+) -> ModelVersion | None:
+    """A row of (name, version, factor), for any profile, whose file has other bytes: one
+    version and factor stands for one file, however many profiles it serves."""
+    return session.scalars(
+        select(ModelVersion).where(
+            ModelVersion.name == name,
+            ModelVersion.version == version,
+            ModelVersion.factor == factor,
+            ModelVersion.sha256 != sha256,
         )
     ).first()
 
@@ -470,12 +519,14 @@ def import_model(
     Everything is checked before a byte is copied, so a refusal leaves nothing behind: the hash
     (against ``sha256`` when given, e.g. from the release notes), that the file really loads as
     the network, that ``factor`` agrees with the network's own configuration, and that (name,
-    version, factor) is new. ``name``, ``version`` and ``profile`` default to the file's 'iqt'
-    metadata. The card defaults to ``<weights stem>.md`` beside the file; without one the row
-    has no card (the CLI warns: administrators should know what they activate).
+    version, profile, factor) is new. ``name``, ``version`` and ``profile`` default to the
+    file's 'iqt' metadata; a contrast-agnostic file lists several ``profiles`` and is imported
+    once per profile (``--profile``), each import a row of its own sharing the one file. The
+    card defaults to ``<weights stem>.md`` beside the file; without one the row has no card
+    (the CLI warns: administrators should know what they activate).
 
     Importing a version that was removed brings it back, but only with the very same bytes: a
-    (name, version, factor) stands for one sha256 forever.
+    (name, version, factor) stands for one sha256 forever, whatever profile it serves.
     """
     from models.release import MODEL_NAME, load_weights
 
@@ -505,7 +556,13 @@ def import_model(
     meta = _weights_metadata(weights)
     name = name or meta.get("name")
     version = version or meta.get("version")
-    profile = profile or meta.get("profile")
+    listed = meta.get("profiles") or []
+    if not profile and len(listed) > 1:
+        raise RegistryError(
+            f"{weights.name} serves the profiles {', '.join(map(str, listed))}: give --profile, "
+            "and import it once for each profile it should serve"
+        )
+    profile = profile or meta.get("profile") or (listed[0] if listed else None)
     if not name:
         raise RegistryError(f"{weights.name} does not say its model name: give --name")
     if not version:
@@ -536,7 +593,7 @@ def import_model(
         if not isinstance(metrics_value, dict):
             raise RegistryError(f"{metrics} must hold a JSON object (metric name -> value)")
 
-    existing = _find(session, name, version, network_factor)
+    existing = _find(session, name, version, network_factor, profile)
     if existing is not None and not (existing.state == REMOVED and existing.sha256 == actual):
         if existing.state == REMOVED:
             raise RegistryError(
@@ -547,6 +604,12 @@ def import_model(
         raise RegistryError(
             f"{label(existing)} is already registered ({existing.state}); import this file "
             "under a new --version"
+        )
+    other = _other_bytes(session, name, version, network_factor, actual)
+    if other is not None:
+        raise RegistryError(
+            f"{label(other)} ({other.profile}) was registered with sha256 {other.sha256}; a "
+            "version stands for fixed bytes, so import this file under a new --version"
         )
 
     target = models_root(data_dir) / name / version / weights_file_name(name, network_factor)
@@ -588,16 +651,22 @@ def import_model(
 
 
 def activate(
-    session: Session, ref: str, *, by: str, reason: str | None = None
+    session: Session,
+    ref: str,
+    *,
+    by: str,
+    reason: str | None = None,
+    profile: str | None = None,
 ) -> list[ModelVersion]:
-    """Make every row of ``ref`` the active version of its (profile, factor).
+    """Make every row of ``ref`` (of ``profile`` only, when given) the active version of its
+    (profile, factor).
 
     The version it replaces becomes "retired" (``rollback`` can return to it). Each file is
     re-hashed first: a missing or altered file is refused before anything changes, since the
     runner would otherwise fail every job of that profile. A row that is already active is left
     as it is (no activation row is written).
     """
-    rows = resolve(session, ref)
+    rows = resolve(session, ref, profile)
     for row in rows:
         if row.state == REMOVED:
             raise RegistryError(f"{label(row)} was removed; import it again before activating it")
@@ -727,8 +796,10 @@ def verify(session: Session) -> list[tuple[ModelVersion, str | None]]:
     return [(row, _file_problem(row)) for row in rows]
 
 
-def remove(session: Session, ref: str, *, delete_file: bool = True) -> list[ModelVersion]:
-    """Remove the versions ``ref`` names; returns them.
+def remove(
+    session: Session, ref: str, *, delete_file: bool = True, profile: str | None = None
+) -> list[ModelVersion]:
+    """Remove the versions ``ref`` names (of ``profile`` only, when given); returns them.
 
     Refused while a version is active (activate or roll back to another first) or while an
     unfinished job (queued, processing, failed and retryable, ...) refers to it.
@@ -745,9 +816,10 @@ def remove(session: Session, ref: str, *, delete_file: bool = True) -> list[Mode
       register them again.
 
     A tombstone cannot be activated or rolled back to and is skipped by ``verify``; importing the
-    same bytes under the same name and version brings it back.
+    same bytes under the same name and version brings it back. The file of a contrast-agnostic
+    version is deleted with the last of its profiles' rows: the others still run it.
     """
-    rows = resolve(session, ref)
+    rows = resolve(session, ref, profile)
     for row in rows:
         if row.state == REMOVED:
             raise RegistryError(f"{label(row)} is already removed")
@@ -784,10 +856,20 @@ def remove(session: Session, ref: str, *, delete_file: bool = True) -> list[Mode
         else:
             session.delete(row)
         session.flush()
-        if delete_file:
+        if delete_file and not _still_used(session, row.path):
             _delete_files(Path(row.path))
         log.info("model removed", extra={"model": label(row), "tombstone": row.state == REMOVED})
     return rows
+
+
+def _still_used(session: Session, path: str) -> bool:
+    """Whether a registered (not removed) row still runs the file at ``path``: another profile
+    of a contrast-agnostic version."""
+    return bool(
+        session.scalar(
+            select(exists().where(ModelVersion.path == path, ModelVersion.state != REMOVED))
+        )
+    )
 
 
 def _delete_files(path: Path) -> None:

@@ -36,8 +36,18 @@ OOM_TILE_RETRIES = 2
 
 REGISTRY_ENGINE = "iqt-t1"
 CLASSICAL_ENGINE = "bspline"
-"""The engine every model registry version runs as: ``registry.import_model`` accepts only files
-that load as its network, and each version reports its own name and version."""
+"""The engine every model registry version runs as unless its name is an engine of its own that
+runs weights files (``iqt-mc``, ``registry_engine``): ``registry.import_model`` accepts only
+files that load as the ANISO U-Net, and each version reports its own name and version."""
+
+
+def registry_engine(name: str) -> str:
+    """The engine kind that runs a registry row named ``name``: ``iqt-mc`` rows run as
+    ``iqt-mc`` (contrast-agnostic files), every other row (``iqt-t1``, a site's own name) as
+    ``REGISTRY_ENGINE``."""
+    from pipeline.engines import runs_weights
+
+    return name if runs_weights(name) else REGISTRY_ENGINE
 
 
 @dataclass(frozen=True)
@@ -106,12 +116,14 @@ class WorkResult:
 
 
 class EngineCache:
-    """Networks loaded once per process and reused job after job (keyed by file hash and device)."""
+    """Networks loaded once per process and reused job after job, keyed by what the engine is
+    (name, version, factor, file hash, settings) and the device, not by the registry row: a
+    contrast-agnostic file registered for five profiles is five rows and one network."""
 
     def __init__(self, device: str, threads: int | None):
         self.device = device
         self.threads = threads
-        self._engines: dict[tuple[object, str, str], object] = {}
+        self._engines: dict[tuple[object, ...], object] = {}
 
     def get(self, spec: ModelSpec, device: str | None = None) -> Any:
         from pipeline.engines import (
@@ -140,13 +152,21 @@ class EngineCache:
             if key not in self._engines:
                 self._engines[key] = build_engine(spec.name, **options)
             return self._engines[key]
-        key = (spec.id, spec.sha256, device)
+        key = (
+            spec.name,
+            spec.version,
+            spec.factor,
+            spec.sha256,
+            json.dumps(spec.tile, sort_keys=True),
+            spec.consistency_correction,
+            device,
+        )
         if key not in self._engines:
             started = time.perf_counter()
             # built by the pipeline's engine registry, which checks the file's sha256; the tile
             # and correction are those the version was evaluated with (its registry settings)
             self._engines[key] = load_engine(
-                REGISTRY_ENGINE,
+                registry_engine(spec.name),
                 {spec.factor: WeightsFile(Path(spec.path), spec.sha256, spec.tile)},
                 name=spec.name,
                 version=spec.version,

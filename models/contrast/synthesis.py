@@ -101,18 +101,26 @@ def render(
     Scaling to white matter keeps every contrast on the scale the engines' normalisation
     (``wm-peak``) expects; the ratios between tissues are what the sequence sets.
     """
+    s = tissue_signals(sequence, field_t)
+    return mix(maps, s, other_signal) / np.float32(max(s["wm"], 1e-12))
+
+
+def mix(maps: TissueMaps, signals: dict[str, float], other: float | np.ndarray = 0.0) -> np.ndarray:
+    """``sum_t p_t S_t`` for given tissue ``signals``, plus ``(1 - sum_t p_t) other`` (a number,
+    or an image on the maps' grid: the random-contrast training draws put the head's own scalp
+    there, ``models.contrast.draw``)."""
     if maps.csf is None:
         raise ValueError("rendering needs a CSF map (TissueMaps.csf)")
-    s = tissue_signals(sequence, field_t)
     probabilities = {"gm": maps.gm, "wm": maps.wm, "csf": maps.csf}
     total = np.zeros(maps.gm.shape, np.float32)
     covered = np.zeros(maps.gm.shape, np.float32)
     for tissue in TISSUES:
         p = np.clip(np.asarray(probabilities[tissue], np.float32), 0.0, 1.0)
-        total += p * np.float32(s[tissue])
+        total += p * np.float32(signals[tissue])
         covered += p
-    total += np.clip(1.0 - covered, 0.0, 1.0) * np.float32(other_signal)
-    return (total / np.float32(max(s["wm"], 1e-12))).astype(np.float32)
+    other_value = other if isinstance(other, np.ndarray) else np.float32(other)
+    total += np.clip(1.0 - covered, 0.0, 1.0) * other_value
+    return total.astype(np.float32, copy=False)
 
 
 def gm_wm_ratio(sequence: Sequence, field_t: float) -> float:
