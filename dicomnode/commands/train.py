@@ -7,10 +7,22 @@ of the CLI stays quick to start.
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
+
+
+class TrainingStopped(Exception):
+    """SIGTERM arrived: the run stops where it is and saves what it has."""
+
+
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # Raised in the main thread, so the trainer's ``finally`` writes checkpoint.pt and model.pt
+    # for the step reached; the default action would lose everything since the last checkpoint.
+    raise TrainingStopped
 
 
 def train(
@@ -53,7 +65,14 @@ def train(
         if not init_from.exists():
             raise typer.BadParameter(f"{init_from} does not exist", param_hint="--init-from")
         cfg.train.init_from = str(init_from)
-    history = run_training(cfg, out, resume=resume)
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        history = run_training(cfg, out, resume=resume)
+    except TrainingStopped:
+        typer.echo(f"stopped by SIGTERM; model.pt and checkpoint.pt in {out} (--resume continues)")
+        raise typer.Exit(143) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     last = history["val_psnr"][-1] if history["val_psnr"] else float("nan")
     typer.echo(
         f"done: {history.get('steps_done')} steps, {history['seconds'] / 60:.1f} min, "

@@ -38,3 +38,52 @@ def test_train_rejects_bad_config(tmp_path: Path) -> None:
     result = runner.invoke(app, ["train", str(bad), "--out", str(tmp_path / "run")])
     assert result.exit_code != 0
     assert "bogus" in result.output
+
+
+def test_train_saves_where_it_is_on_sigterm(tmp_path: Path) -> None:
+    """Training runs for hours in the background across sessions: a SIGTERM (``kill``,
+    systemd, the end of a session) must leave model.pt and a resumable checkpoint for the step
+    reached, not lose everything since the last periodic checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(
+        "[model]\nfactor = 4\nbase_filters = 2\nlevels = 3\n"
+        '[data]\ntrain_brains = ["mni152-2009a"]\nval_brains = []\ndraws_per_brain = 1\n'
+        "patches_per_draw = 8\npatch_in_plane = 32\nslice_axes = [2]\n"
+        "[train]\nsteps = 100000\nbatch_size = 2\nlog_every = 2\ncheckpoint_every = 100000\n"
+        "val_every = 100000\n"
+    )
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dicomnode.cli", "train", str(config), "--out", str(run)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        log = run / "train.log"
+        while time.monotonic() < deadline and "step 4 " not in (
+            log.read_text() if log.exists() else ""
+        ):
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 143, output
+    assert "stopped by SIGTERM" in output
+    saved = torch.load(run / "model.pt", weights_only=False)
+    assert saved["history"]["steps_done"] >= 4
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert checkpoint["step"] == saved["history"]["steps_done"]
