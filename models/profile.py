@@ -80,6 +80,21 @@ class FieldProfile:
         return float(max(point[0], 1.0)), float(max(point[1], 1.0))
 
 
+def registry_name(name_or_path: str | Path) -> str:
+    """The registry's name of a profile (``T1-0.36T``) given by any name ``load_profile`` takes:
+    a registry name stays itself, the short ``0.36T`` / ``64mT`` are T1's, and a TOML file's
+    profile is named from its contrast and field strength (``T2-0.36T``, ``FLAIR-64mT``)."""
+    key = str(name_or_path)
+    if key in PROFILE_NAMES:
+        return key
+    if key in PROFILE_FILES:
+        return next(name for name in PROFILE_NAMES if PROFILE_FILES[name] == PROFILE_FILES[key])
+    profile = load_profile(key)
+    tesla = profile.field_strength_t
+    field = f"{tesla:g}T" if tesla >= 0.1 else f"{round(tesla * 1000, 3):g}mT"
+    return f"{profile.contrast}-{field}"
+
+
 def load_profile(name_or_path: str | Path) -> FieldProfile:
     """Load a profile by name (``T2-64mT``, or the short ``0.36T``, ``64mT``) or from a TOML
     file path."""

@@ -255,10 +255,10 @@ def release_run(
         inherited = manifest["models"][file_name(factor, continues, name)]
     served: dict[str, object] = {"profiles": profiles}
     if not profiles:
-        from models.profile import load_profile
+        from models.profile import registry_name
 
-        profile = load_profile(cfg["data"]["profile"])
-        served = {"profile": f"{profile.contrast}-{cfg['data']['profile']}"}
+        # the registry's name ("0.36T" -> "T1-0.36T"; "T1-0.36T" stays itself)
+        served = {"profile": registry_name(cfg["data"]["profile"])}
     manifest["models"][path.name] = {
         "name": name,
         "factor": factor,

@@ -123,10 +123,27 @@ def test_release_run_writes_file_manifest_and_card(tmp_path: Path, phantom_brain
     path = release_run(tmp_path / "run", out, "## Evaluation\n\ntable here\n", "test-cpu")
     entry = read_manifest(out)["models"][path.name]
     assert entry["sha256"] == sha256_file(path) and entry["steps"] == 2
+    assert entry["profile"] == "T1-0.36T"  # the config's short "0.36T", by its registry name
     card = path.with_suffix(".md").read_text()
     assert entry["sha256"] in card and "table here" in card and "test-cpu" in card
     engine = IQTEngine.from_release(out)
     assert engine.supported_factors == (8,)
+
+    # A config may name its profile either way; the manifest always records the registry's
+    # name (it was once "T1-T1-0.36T" for a config saying "T1-0.36T").
+    checkpoint = torch.load(tmp_path / "run" / "model.pt", weights_only=False)
+    for given, recorded in [
+        ("0.36T", "T1-0.36T"),
+        ("T1-0.36T", "T1-0.36T"),
+        ("64mT", "T1-64mT"),
+        ("T1-64mT", "T1-64mT"),
+    ]:
+        run = tmp_path / f"run-{given}"
+        run.mkdir()
+        checkpoint["config"]["data"]["profile"] = given
+        torch.save(checkpoint, run / "model.pt")
+        released = release_run(run, tmp_path / f"weights-{given}", "", "test-cpu")
+        assert read_manifest(released.parent)["models"][released.name]["profile"] == recorded
 
 
 def test_release_bytes_are_reproducible(tmp_path: Path) -> None:
@@ -136,3 +153,18 @@ def test_release_bytes_are_reproducible(tmp_path: Path) -> None:
     assert save_weights(net, tmp_path / "a.safetensors", meta) == save_weights(
         net, tmp_path / "b.safetensors", meta
     )
+
+
+def test_every_profile_has_one_registry_name() -> None:
+    """What ``release_run`` records as a T1 entry's ``profile``: the registry's name whichever
+    way the configuration named the profile (registry name, short name or TOML file)."""
+    from importlib import resources
+
+    from models.profile import PROFILE_FILES, PROFILE_NAMES, load_profile, registry_name
+
+    assert [registry_name(n) for n in PROFILE_NAMES] == list(PROFILE_NAMES)
+    assert (registry_name("0.36T"), registry_name("64mT")) == ("T1-0.36T", "T1-64mT")
+    folder = Path(str(resources.files("models.profiles")))
+    for name in PROFILE_NAMES:
+        assert registry_name(folder / PROFILE_FILES[name]) == name
+        assert load_profile(registry_name(name)) == load_profile(name)

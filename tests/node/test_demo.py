@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from dicomnode.pacs import ORTHANC
-from models.release import MODEL_NAME, read_manifest, version_key
+from models.release import MODEL_NAME, released_entry
 from tests.conftest import free_port, require_tool
 from tests.node.helpers import BIN
 
@@ -38,10 +38,10 @@ def run_demo(workdir: Path, *extra: str) -> subprocess.CompletedProcess:
     )
 
 
-def released_k4() -> dict:
-    """The newest shipped k = 4 release: what a fresh installation runs."""
-    entries = [e for e in read_manifest()["models"].values() if e["factor"] == 4]
-    return max(entries, key=lambda e: version_key(str(e["version"])))
+def released_k4(directory: Path | None = None) -> dict:
+    """The newest released ``iqt-t1`` k = 4 entry of ``directory`` (default: the package): what
+    a fresh installation runs for the demo's T1 series (``iqt-mc`` files serve other profiles)."""
+    return released_entry(4, directory, name=MODEL_NAME)[1]
 
 
 def nothing_listens(port: int) -> bool:

@@ -23,7 +23,14 @@ from dicomnode.process import registry
 from dicomnode.process.registry import RegistryError
 from dicomnode.process.runner import JobRunner, WorkerSlot, spec_of
 from dicomnode.process.worker import EngineCache, process
-from models.release import MC_MODEL_NAME, MODEL_NAME, read_manifest, sha256_file, weights_dir
+from models.release import (
+    MC_MODEL_NAME,
+    MODEL_NAME,
+    read_manifest,
+    released_entries,
+    sha256_file,
+    weights_dir,
+)
 from tests.models.mc_release import PROFILES, tiny_mc_release
 from tests.node.test_models_registry import _err, _lines
 from tests.node.test_models_registry import cli as cli  # the fixture, for getfixturevalue
@@ -49,7 +56,7 @@ def _package(folder: Path, mc: Path) -> Path:
     for name in manifest["models"]:
         shutil.copy(mc / name, folder / name)
         shutil.copy((mc / name).with_suffix(".md"), folder)
-    t1 = {n: e for n, e in read_manifest()["models"].items() if e["version"] == "0.1.0"}
+    t1 = {n: e for n, e in released_entries().items() if e["version"] == "0.1.0"}
     for name in t1:
         shutil.copy(weights_dir() / name, folder / name)
     manifest["models"].update(t1)

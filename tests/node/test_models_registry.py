@@ -26,7 +26,11 @@ from dicomnode.process.registry import RegistryError
 from models.release import (
     FIRST_VERSION,
     MODEL_NAME,
+    entry_name,
+    entry_profiles,
+    file_name,
     read_manifest,
+    released_entries,
     save_weights,
     sha256_file,
     version_key,
@@ -36,20 +40,61 @@ from models.release import (
 PROFILE = "T1-0.36T"
 K4 = weights_dir() / "iqt-t1-k4.safetensors"
 K8 = weights_dir() / "iqt-t1-k8.safetensors"
-NEWEST = max((e["version"] for e in read_manifest()["models"].values()), key=version_key)
 
 
-def _package(folder: Path, versions: set[str]) -> Path:
-    """A copy of the shipped weights folder holding only ``versions`` (files and manifest)."""
+def released_versions(directory: Path | None = None, name: str = MODEL_NAME) -> list[str]:
+    """The versions of model ``name`` released in ``directory`` (default: the package), newest
+    first; other models' entries (``iqt-mc``) are not ``iqt-t1``'s versions."""
+    versions = {str(e["version"]) for e in released_entries(directory, name).values()}
+    return sorted(versions, key=version_key, reverse=True)
+
+
+def released_rows(directory: Path | None = None) -> list[tuple[str, str, str, int, str]]:
+    """(name, version, profile, factor, state) of every row ``sync_released`` registers on a
+    fresh installation from ``directory`` (default: the package), sorted: a file once per
+    profile it serves; of each model, profile and factor the newest version active, the older
+    ones retired (each replaced by the next release)."""
+    served = [
+        (entry_name(e), str(e["version"]), profile, int(e["factor"]))
+        for e in read_manifest(directory)["models"].values()
+        for profile in entry_profiles(e)
+    ]
+    newest: dict[tuple[str, str, int], str] = {}
+    for name, version, profile, factor in served:
+        known = newest.get((name, profile, factor))
+        if known is None or version_key(version) > version_key(known):
+            newest[(name, profile, factor)] = version
+    return sorted(
+        (n, v, p, k, "active" if newest[(n, p, k)] == v else "retired") for n, v, p, k in served
+    )
+
+
+def _package(
+    folder: Path,
+    versions: set[str] | None = None,
+    *,
+    source: Path | None = None,
+    names: tuple[str, ...] | None = (MODEL_NAME,),
+) -> Path:
+    """A copy of the weights folder ``source`` (default: the package) holding only the files
+    of models ``names`` (default ``iqt-t1``; None: every model), of ``versions`` when given:
+    files, cards and manifest (added to the manifest ``folder`` may already hold)."""
+    source = source or weights_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    manifest = read_manifest()
-    kept = {n: e for n, e in manifest["models"].items() if e["version"] in versions}
-    for name in kept:
-        shutil.copy(weights_dir() / name, folder / name)
-        card = (weights_dir() / name).with_suffix(".md")
+    manifest = read_manifest(folder)
+    kept = {
+        file: entry
+        for file, entry in read_manifest(source)["models"].items()
+        if (names is None or entry_name(entry) in names)
+        and (versions is None or entry["version"] in versions)
+    }
+    for file in kept:
+        shutil.copy(source / file, folder / file)
+        card = (source / file).with_suffix(".md")
         if card.exists():
             shutil.copy(card, folder / card.name)
-    (folder / "manifest.json").write_text(json.dumps({"models": kept}))
+    manifest["models"].update(kept)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
 
 
@@ -150,7 +195,6 @@ def _with_new_release(package: Path, version: str) -> Path:
     import torch
 
     from models.aniso_unet import AnisoUNet, UNetConfig
-    from models.release import file_name
 
     manifest = json.loads((package / "manifest.json").read_text())
     for k in (4, 8):
@@ -213,15 +257,22 @@ def test_a_new_release_waits_where_an_administrator_chose(
     assert states[("9.1.0", 8)] == ModelState.ACTIVE  # k8: the active one was a release
 
 
-def test_sync_refuses_a_corrupted_package(database, data_dir, tmp_path):
-    package = tmp_path / "package"
-    shutil.copytree(weights_dir(), package, ignore=shutil.ignore_patterns("*.png", "*.py"))
-    _flip_byte(package / "iqt-t1-k8.safetensors")
-    with pytest.raises(RegistryError, match="reinstall"):
+def check_corrupted_package_refused(
+    database: Database, data_dir: Path, package: Path, altered: str
+) -> None:
+    """With the released file ``altered`` of ``package`` corrupted, ``sync_released`` refuses
+    the package and registers nothing, not even its intact files (of any model)."""
+    _flip_byte(package / altered)
+    with pytest.raises(RegistryError, match=f"{altered}.*reinstall"):
         with database.session() as session:
             registry.sync_released(session, data_dir, directory=package)
     with database.session() as session:
         assert session.scalar(select(func.count()).select_from(ModelVersion)) == 0
+
+
+def test_sync_refuses_a_corrupted_package(database, data_dir, tmp_path):
+    package = _package(tmp_path / "package", names=None)  # every model shipped
+    check_corrupted_package_refused(database, data_dir, package, file_name(8, FIRST_VERSION))
 
 
 def test_import_checks_before_copying(database, data_dir, plain_k4, tmp_path):
@@ -450,14 +501,17 @@ def _lines(result) -> list[dict]:  # type: ignore[no-untyped-def]
     return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
 
 
-def test_cli_round_trip(cli, plain_k4):
+def cli_round_trip(cli, plain_k4, directory: Path | None = None):  # type: ignore[no-untyped-def]
+    """``dicomnode models`` on a fresh installation of the weights in ``directory`` (default:
+    the package; the commands read the package's folder, ``models.release.weights_dir``), and
+    an administrator's import, activation, rollbacks, verification and removal of T1-0.36T."""
     listed = _lines(cli("list", "--json"))
-    shipped = read_manifest()["models"].values()
+    newest, *older = released_versions(directory)
     # A fresh installation: every shipped version registered, the newest active.
-    assert sorted((r["version"], r["factor"], r["state"], r["source"]) for r in listed) == sorted(
-        (e["version"], e["factor"], "active" if e["version"] == NEWEST else "retired", "released")
-        for e in shipped
-    )
+    assert sorted(
+        (r["name"], r["version"], r["profile"], r["factor"], r["state"]) for r in listed
+    ) == released_rows(directory)
+    assert {r["source"] for r in listed} == {"released"}
     assert {"id", "name", "version", "profile", "sha256", "created", "path"} <= set(listed[0])
     assert "card" not in listed[0]
 
@@ -471,9 +525,9 @@ def test_cli_round_trip(cli, plain_k4):
     )
     assert refused.exit_code == 1 and "not the expected" in _err(refused)
 
-    shown = _lines(cli("show", f"{MODEL_NAME}@{NEWEST}/k4", "--json"))[0]
+    shown = _lines(cli("show", f"{MODEL_NAME}@{newest}/k4", "--json"))[0]
     assert "Model card" in shown["card"] and shown["activations"][0]["action"] == "release"
-    text = cli("show", f"{MODEL_NAME}@{NEWEST}/k4")
+    text = cli("show", f"{MODEL_NAME}@{newest}/k4")
     assert text.exit_code == 0 and "Model card" in text.stdout
 
     activated = _lines(cli("activate", str(new["id"]), "--by", "alice", "--json"))
@@ -484,9 +538,6 @@ def test_cli_round_trip(cli, plain_k4):
 
     rolled = _lines(cli("rollback", PROFILE, "--factor", "4", "--by", "bob", "--json"))
     assert rolled[0]["id"] == shown["id"] and rolled[0]["activated_by"] == "bob"
-    older = sorted(
-        {e["version"] for e in shipped if e["version"] != NEWEST}, key=version_key, reverse=True
-    )
     for version in older:  # an upgrade's releases: each rollback walks one release back
         back = _lines(cli("rollback", PROFILE, "--factor", "4", "--json"))
         assert back[0]["version"] == version
@@ -496,7 +547,7 @@ def test_cli_round_trip(cli, plain_k4):
         cli("activate", str(shown["id"]), "--by", "bob")
 
     verified = _lines(cli("verify", "--json"))
-    assert len(verified) == len(shipped) + 1 and all(r["ok"] for r in verified)
+    assert len(verified) == len(listed) + 1 and all(r["ok"] for r in verified)
     _flip_byte(Path(new["path"]))
     bad = cli("verify", "--json")
     assert bad.exit_code == 1 and "failed verification" in _err(bad)
@@ -506,7 +557,8 @@ def test_cli_round_trip(cli, plain_k4):
     active = cli("remove", str(shown["id"]), "--yes")
     assert active.exit_code == 1 and "active model" in _err(active)
     unknown = cli("show", "nope@1")
-    assert unknown.exit_code == 1 and "registered: iqt-t1@0.1.0" in _err(unknown)
+    assert unknown.exit_code == 1 and "registered: " in _err(unknown)
+    assert f"{MODEL_NAME}@{(older or [newest])[-1]}" in _err(unknown)
     declined = cli("remove", str(new["id"]), input="n\n")
     assert declined.exit_code == 1
     removed = cli("remove", str(new["id"]), input="y\n")
@@ -514,6 +566,10 @@ def test_cli_round_trip(cli, plain_k4):
     assert [r["state"] for r in _lines(cli("list", "--json")) if r["id"] == new["id"]] == [
         "removed"
     ]
+
+
+def test_cli_round_trip(cli, plain_k4):
+    cli_round_trip(cli, plain_k4)
 
 
 def test_verify_accepts_a_weightless_interpolation_row_only(database):  # type: ignore[no-untyped-def]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy.ndimage import map_coordinates
@@ -116,14 +118,26 @@ def test_registry_errors_have_reasons():
     assert engines.ENTRY_POINT_GROUP == "dicomnode.engines"
 
 
-def test_every_shipped_release_can_be_run_by_name_but_is_never_chosen() -> None:
-    from models.release import read_manifest
-    from pipeline.engines import available_engines, choose_engine
+def check_releases_run_by_name(directory: Path | None = None) -> None:
+    """Every version released in ``directory`` (default: the package) of each model (``iqt-t1``,
+    ``iqt-mc``) is an engine ``NAME@VERSION`` ranked below ``bspline`` (never chosen
+    automatically), and the oldest version of each builds by name as that model's network."""
+    from models.release import MC_MODEL_NAME, MODEL_NAME, released_entries, version_key
 
-    versions = {e["version"] for e in read_manifest()["models"].values()}
     names = available_engines()
-    for version in versions:
-        assert f"iqt-t1@{version}" in names
-        assert names.index(f"iqt-t1@{version}") > names.index("bspline")
-    engine, why = choose_engine(f"iqt-t1@{min(versions)}")
-    assert engine.info.version == min(versions) and "requested" in why
+    for model in (MODEL_NAME, MC_MODEL_NAME):
+        versions = {str(e["version"]) for e in released_entries(directory, model).values()}
+        for version in versions:
+            assert f"{model}@{version}" in names
+            assert names.index(f"{model}@{version}") > names.index("bspline")
+        if model == MODEL_NAME:
+            assert versions, "no iqt-t1 release"
+        if versions:
+            oldest = min(versions, key=version_key)
+            engine, why = choose_engine(f"{model}@{oldest}")
+            assert (engine.info.name, engine.info.version) == (model, oldest)
+            assert "requested" in why
+
+
+def test_every_shipped_release_can_be_run_by_name_but_is_never_chosen() -> None:
+    check_releases_run_by_name()

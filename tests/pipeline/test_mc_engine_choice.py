@@ -4,6 +4,7 @@ for that profile over cubic, never for another."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +32,14 @@ def forget_iqt_mc() -> Iterator[None]:
     pipeline.engines._instances.pop("iqt-mc", None)
 
 
-def test_with_no_iqt_mc_shipped_a_t2_series_falls_back_as_before(forget_iqt_mc) -> None:  # type: ignore[no-untyped-def]
+def test_with_no_iqt_mc_shipped_a_t2_series_falls_back_as_before(  # type: ignore[no-untyped-def]
+    monkeypatch, tmp_path: Path, forget_iqt_mc
+) -> None:
+    # the package's iqt-t1 releases alone, as before any iqt-mc shipped (once one does, this
+    # test still describes an installation without one)
+    t1_only = {"models": models.release.released_entries()}
+    (tmp_path / "manifest.json").write_text(json.dumps(t1_only))
+    monkeypatch.setattr(models.release, "weights_dir", lambda: tmp_path)
     engine, why = choose_engine(None, T2_SERIES)
     assert engine.info.name == "bspline" and "best available" in why
     assert "iqt-mc" in available_engines()  # registered: the worker runs registry rows with it
