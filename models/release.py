@@ -369,6 +369,16 @@ def _data_lines(cfg: dict) -> str:
             f"Target: the high-field image at the fixed contrast of models/target.py "
             f"(mean GM / mean WM = {TARGET_GM_WM_RATIO})."
         )
+    if d.get("shading_target") == "remove" and d.get("shading", 0) > 0:
+        lines.append(
+            f"Receive-coil shading on the input only (smooth field, log-amplitude drawn from "
+            f"U(0, {d['shading']:g}) per draw): the network returns the unshaded anatomy."
+        )
+    elif d.get("shading", 0) > 0 and d.get("augment", True):
+        lines.append(
+            f"Smooth shading (log-amplitude {d['shading']:g}) in input and target alike: the "
+            "network keeps a coil's shading."
+        )
     if d.get("outside_weight", 1.0) < 1.0:
         lines.append(
             f"Loss weight 1 in the brain plus {d['loss_margin_mm']:g} mm, "
