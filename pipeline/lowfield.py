@@ -25,12 +25,13 @@ from pydicom.dataset import Dataset
 
 from models.contrast.signal import Sequence
 from models.contrast.synthesis import render
-from models.profile import FieldProfile
+from models.profile import FieldProfile, Geometry
 from models.simulate import TissueMaps
 from pipeline.sample import (
     AXIAL,
     Acquisition,
     Head,
+    Shading,
     SimulatedAcquisition,
     build_series,
     deterministic_uid,
@@ -133,16 +134,21 @@ def simulate_series(
     seed: int = 0,
     frame_of_reference_uid: str | None = None,
     series_number: int = 901,
+    geometry: Geometry | None = None,
+    shading: Shading | None = None,
 ) -> tuple[list[Dataset], Acquisition, SimulatedAcquisition]:
     """The profile's low-field axial acquisition of ``source``, as MR Image Storage instances.
 
     ``snr`` (SNR_WM, SNR_GM) fixes the noise; otherwise it is drawn from the profile with
     ``seed``. ``frame_of_reference_uid``: the source's, so a viewer can relate the simulated
     slices to the source volume (positions are in the source's patient coordinates).
+    ``geometry`` replaces the profile's slice geometry and ``shading`` adds a receive-coil
+    shading: the quality bench (``bench/bench_contrasts.py``) asks for other slice spacings, so
+    that every profile is measured at k = 4 and 8, through this same code.
     """
-    if profile.geometry is None:
+    g = geometry or profile.geometry
+    if g is None:
         raise ValueError(f"profile {profile.name} has no [geometry]")
-    g = profile.geometry
     snr_pair = snr if snr is not None else profile.draw_snr(np.random.default_rng(seed))
     field_mt = profile.field_strength_t * 1000.0
     field_text = f"{field_mt:.0f}mT" if field_mt < 100 else f"{profile.field_strength_t:g}T"
@@ -168,6 +174,7 @@ def simulate_series(
         series_number=series_number,
         frame_of_reference_uid=frame_of_reference_uid,
         extra=extra,
+        shading=shading,
     )
     acq.series_uid = deterministic_uid("simulated", profile.name, seed, acq.center, acq.slices)
     simulated = simulate_acquisition(head, acq)
