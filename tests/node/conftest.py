@@ -1,4 +1,5 @@
-"""Fixtures shared by several node test files: an in-process listener, an intake stack."""
+"""Fixtures shared by several node test files: a migrated database, an in-process listener, an
+intake stack."""
 
 from __future__ import annotations
 
@@ -6,6 +7,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator:  # type: ignore[type-arg]
+    """The node's database at ``database_url`` (SQLite and PostgreSQL), migrated to head."""
+    from db.migrate import upgrade
+    from db.session import Database
+
+    db = Database(database_url)
+    upgrade(db)
+    yield db
+    db.dispose()
 
 
 @pytest.fixture

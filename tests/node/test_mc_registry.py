@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from alembic import command
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from db.migrate import alembic_config, upgrade
+from db.migrate import alembic_config
 from db.models import Job, JobState, ModelVersion
 from db.session import Database
 from dicomnode.config import parse_config
@@ -62,14 +61,6 @@ def _package(folder: Path, mc: Path) -> Path:
     manifest["models"].update(t1)
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
-
-
-@pytest.fixture
-def database(database_url: str) -> Iterator[Database]:
-    db = Database(database_url)
-    upgrade(db)
-    yield db
-    db.dispose()
 
 
 def _sync(database: Database, data_dir: Path, package: Path) -> list[tuple[str, str, int]]:

@@ -41,7 +41,6 @@ from tests.node.test_models_registry import (
     released_versions,
 )
 from tests.node.test_models_registry import cli as cli  # fixtures
-from tests.node.test_models_registry import database as database
 from tests.node.test_models_registry import plain_k4 as plain_k4
 from tests.pipeline.test_engines import check_releases_run_by_name
 

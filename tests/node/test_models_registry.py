@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,6 @@ import typer
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from db.migrate import upgrade
 from db.models import Job, JobState, ModelActivation, ModelState, ModelVersion, Series
 from db.session import Database
 from dicomnode.commands.models import app as models_app
@@ -102,14 +100,6 @@ def _package(
 def first_release(tmp_path: Path) -> Path:
     """The package as it was with release 0.1.0 only: what most tests here start from."""
     return _package(tmp_path / "package-0.1.0", {FIRST_VERSION})
-
-
-@pytest.fixture
-def database(database_url: str) -> Iterator[Database]:
-    db = Database(database_url)
-    upgrade(db)
-    yield db
-    db.dispose()
 
 
 @pytest.fixture

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from pathlib import Path
 
 import pytest
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from db.migrate import upgrade
 from db.models import Series
 from db.prepared import PreparedStatement
 from db.session import DRIVER_CONNECTIONS, Database
@@ -36,14 +34,6 @@ _TOUCH = PreparedStatement(
     .values(instances=Series.instances + 1, last_received=bindparam("now"))
     .returning(Series.instances)
 )
-
-
-@pytest.fixture
-def database(database_url: str, tmp_path: Path):
-    database = Database(database_url)
-    upgrade(database)
-    yield database
-    database.dispose()
 
 
 def test_values_are_stored_as_core_stores_them(database: Database) -> None:
