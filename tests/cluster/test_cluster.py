@@ -253,6 +253,17 @@ def test_broker_connection_cut_while_jobs_queue_nothing_lost_nothing_twice(
         proxy.cut()
 
 
+def _messages_waiting(broker_url: str, queue: str) -> int:
+    """Messages in ``queue``; 0 while the queue does not exist yet."""
+    from kombu import Connection
+
+    with Connection(broker_url, connect_timeout=3) as connection:
+        try:
+            return int(connection.default_channel.queue_declare(queue, passive=True)[1])
+        except connection.channel_errors:
+            return 0
+
+
 def test_a_message_lost_in_the_broker_is_published_again(
     cluster, brain, pacs, tmp_path, rabbitmq, queue_name
 ):
@@ -261,12 +272,8 @@ def test_a_message_lost_in_the_broker_is_published_again(
     receiver = cluster.node("serve", "receiver", "republish_seconds = 3")
     uid, files = _series(brain, tmp_path / "scan", seed=750)
     storescu(receiver.port, files)
-    wait_for(
-        lambda: [j for j in cluster.enhance_jobs() if j["published_at"] is not None],
-        60,
-        "the job published",
-        cluster.nodes,
-    )
+    # published_at is committed before the message is sent: wait for the message itself
+    wait_for(lambda: _messages_waiting(rabbitmq, queue_name) == 1, 60, "the message", cluster.nodes)
     with Connection(rabbitmq, connect_timeout=3) as connection:  # the broker loses it
         assert connection.default_channel.queue_purge(queue_name) == 1
     cluster.node("worker", "worker-a")
