@@ -633,6 +633,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="override the width of the smooth gain the back-projection keeps (0: none)",
     )
+    parser.add_argument(
+        "--flip-ensemble",
+        type=int,
+        choices=[1, 2, 4, 8],
+        default=None,
+        help="override how many mirrored copies each weights file's prediction averages",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="folder for quality.md, quality.json, PNGs")
     args = parser.parse_args(argv)
@@ -702,7 +709,8 @@ _OVERRIDES: dict[str, float] = {}
 
 def override_consistency(**values: float) -> None:
     """Every weights file loaded from now on runs with these back-projection settings
-    (``consistency_weight``, ``consistency_gain_sigma_mm``) instead of its recorded ones."""
+    (``consistency_weight``, ``consistency_gain_sigma_mm``, ``flip_ensemble``) instead of its
+    recorded ones."""
     import models.release as release
 
     if not values:
@@ -725,6 +733,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {
         "consistency_weight": args.consistency_weight,
         "consistency_gain_sigma_mm": args.consistency_gain_sigma_mm,
+        "flip_ensemble": args.flip_ensemble,
     }
     override_consistency(**{k: v for k, v in overrides.items() if v is not None})
     command = shlex.join(

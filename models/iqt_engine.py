@@ -26,7 +26,7 @@ import numpy as np
 
 from models.aniso_unet import AnisoUNet
 from models.engine import EngineInfo, EngineResult, low_field_mr
-from models.infer import TileSettings, predict_volume
+from models.infer import TileSettings, predict_flip_ensemble
 from models.normalize import input_scale
 from models.release import (
     DEFAULT_NORMALISATION,
@@ -178,7 +178,11 @@ class IQTEngine:
         scale = input_scale(method, v, spacing)
         x = v / scale
         tiles = self.tiles[factor]
-        pred = predict_volume(network, x, tiles=tiles, device=self.device, threads=self.threads)
+        # Like its input scale, a file's flip ensemble was chosen for its weights (1: none).
+        flips = int(getattr(network, "flip_ensemble", 1))
+        pred = predict_flip_ensemble(
+            network, x, flips, tiles=tiles, device=self.device, threads=self.threads
+        )
         # A release's tuned structure correction travels with its weights file, like its input
         # scale; the engine-wide flag is plain back-projection (kept for older manifests).
         weight = float(getattr(network, "consistency_weight", 0.0))
@@ -207,6 +211,7 @@ class IQTEngine:
             "consistency_weight": weight,
             "consistency_gain_sigma_mm": gain_sigma,
             "tile": [tiles.slices, tiles.rows, tiles.cols],
+            "flip_ensemble": flips,
         }
         if self.profiles:
             notes["trained_profiles"] = list(self.profiles)

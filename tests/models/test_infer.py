@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models.aniso_unet import AnisoUNet, UNetConfig
-from models.infer import TileSettings, _taper, predict_volume
+from models.infer import TileSettings, _taper, predict_flip_ensemble, predict_volume
 from models.simulate import degrade_slices
 
 
@@ -70,3 +70,37 @@ def test_memory_cap_picks_tiles_under_the_cap() -> None:
     free = predict_volume(net, vol, tiles=TileSettings(max_tile_voxels=0))
     assert capped.shape == free.shape == (48, 40, 40)
     assert np.abs(capped - free).mean() < 0.05 * float(free.std())
+
+
+def test_flip_ensemble_undoes_every_flip_exactly() -> None:
+    """With its layers silenced the network is its linear slice interpolation, which every
+    mirrored copy reproduces: the ensemble must equal one prediction, so no flip (the slice
+    order's included) is undone one slice off."""
+    net = AnisoUNet(UNetConfig(factor=4, base_filters=4, residual_input=True))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+    vol = np.random.default_rng(1).random((8, 32, 32)).astype(np.float32)
+    vol[:, :, :8] += 2.0  # nothing symmetric about it
+    one = predict_volume(net.eval(), vol)
+    assert one.std() > 0.1
+    for flips in (2, 4, 8):
+        np.testing.assert_allclose(predict_flip_ensemble(net, vol, flips), one, atol=1e-5)
+
+
+def test_full_flip_ensemble_is_mirror_equivariant() -> None:
+    """A random network is not; the mean over all eight flips is, up to padding at the far
+    borders, and differs from a single prediction."""
+    net = _net(4)
+    vol = np.random.default_rng(2).random((8, 32, 32)).astype(np.float32)
+    single = predict_volume(net, vol)
+    ensemble = predict_flip_ensemble(net, vol, 8)
+    mirrored = np.flip(predict_flip_ensemble(net, np.flip(vol, 2).copy(), 8), 2)
+    spread = float(single.std())
+    assert (
+        np.abs(np.flip(predict_volume(net, np.flip(vol, 2).copy()), 2) - single).mean()
+        > 0.05 * spread
+    )
+    assert np.abs(mirrored - ensemble).mean() < 0.01 * spread
+    with pytest.raises(ValueError, match="flips must be one of"):
+        predict_flip_ensemble(net, vol, 3)
