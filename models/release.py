@@ -209,6 +209,7 @@ def release_run(
     continues: str | None = None,
     consistency_gain_sigma_mm: float = 0.0,
     name: str = MODEL_NAME,
+    flip_ensemble: int = 1,
 ) -> Path:
     """Turn a training run (``model.pt``) into a released file + card; ``earlier_stages`` are
     the runs it was fine-tuned from, whose time and steps count towards the total.
@@ -250,6 +251,8 @@ def release_run(
         metadata["consistency_weight"] = consistency_weight
     if consistency_gain_sigma_mm:
         metadata["consistency_gain_sigma_mm"] = consistency_gain_sigma_mm
+    if flip_ensemble > 1:
+        metadata["flip_ensemble"] = flip_ensemble
     sha = save_weights(model, path, metadata)
     manifest = read_manifest(out_dir)
     inherited: dict = {"stages": [], "training_seconds": 0, "steps": 0}
@@ -298,6 +301,8 @@ def release_run(
     manifest["models"][path.name]["consistency_weight"] = consistency_weight
     if consistency_gain_sigma_mm:
         manifest["models"][path.name]["consistency_gain_sigma_mm"] = consistency_gain_sigma_mm
+    if flip_ensemble > 1:
+        manifest["models"][path.name]["flip_ensemble"] = flip_ensemble
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     card = model_card(
         manifest["models"][path.name],
@@ -388,6 +393,97 @@ def _data_lines(cfg: dict) -> str:
             "slab edge with inference's reflected padding."
         )
     return "\n".join(lines)
+
+
+def _flip_ensemble(entry: dict) -> str:
+    flips = int(entry.get("flip_ensemble", 1))
+    if flips <= 1:
+        return "off (one prediction)"
+    return (
+        f"mean of {flips} mirrored predictions (models.infer.predict_flip_ensemble; recorded in "
+        f"the file), {flips}x the inference time"
+    )
+
+
+def release_again(
+    source_version: str,
+    version: str,
+    out_dir: Path,
+    *,
+    name: str = MODEL_NAME,
+    flip_ensemble: int | None = None,
+    consistency_weight: float | None = None,
+    consistency_gain_sigma_mm: float | None = None,
+    card_extra: str = "",
+) -> list[Path]:
+    """Release the unchanged weights of ``source_version`` as ``version`` with other inference
+    settings (flip ensemble, back-projection); every factor of that release, with cards.
+
+    Why a new version rather than an edit: a released file's bytes, and so its sha256 in the
+    registry and in every derived series' provenance, must never change under a name; the
+    inference settings travel in the file, so new settings are a new file. The history
+    (stages, CPU time, steps) and configuration are the source's; the card says where it came
+    from, and its validation figures are read from the source's card (its run is long gone).
+    """
+    from safetensors import safe_open
+
+    manifest = read_manifest(out_dir)
+    written = []
+    for factor in released_factors(out_dir, name):
+        try:
+            source_file, source = released_entry(factor, out_dir, source_version, name)
+        except (KeyError, FileNotFoundError):
+            continue
+        network = load_weights(out_dir / source_file, source["sha256"])
+        with safe_open(str(out_dir / source_file), framework="pt") as f:
+            metadata = json.loads((f.metadata() or {})["iqt"])
+        metadata.pop("config", None)
+        entry = {k: v for k, v in source.items() if k != "file"}
+        changes: dict[str, object] = {"version": version}
+        if flip_ensemble is not None:
+            changes["flip_ensemble"] = flip_ensemble
+        if consistency_weight is not None:
+            changes["consistency_weight"] = consistency_weight
+        if consistency_gain_sigma_mm is not None:
+            changes["consistency_gain_sigma_mm"] = consistency_gain_sigma_mm
+        metadata.update(changes)
+        path = out_dir / file_name(factor, version, name)
+        sha = save_weights(network, path, metadata)
+        entry.update(changes)
+        entry.update(
+            sha256=sha,
+            released=datetime.now(UTC).strftime("%Y-%m-%d"),
+            released_from=source_version,
+        )
+        manifest["models"][path.name] = entry
+        old_card = (out_dir / source_file).with_suffix(".md")
+        history, hardware = _card_history(old_card.read_text() if old_card.exists() else "")
+        note = (
+            f"## Release {version}: the weights of {source_version}, other inference settings\n\n"
+            f"The network's weights are exactly those of `{source_file}` (sha256 "
+            f"`{source['sha256']}`); only the inference settings recorded in the file differ: "
+            + ", ".join(f"{k} {v}" for k, v in changes.items() if k != "version")
+            + ". Training history, data and time are the source's."
+        )
+        card = model_card(entry, path, history, hardware, "\n\n".join([note, card_extra]))
+        path.with_suffix(".md").write_text(card)
+        written.append(path)
+    if not written:
+        raise FileNotFoundError(f"no released {name} {source_version} in {out_dir}")
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return written
+
+
+def _card_history(card: str) -> tuple[dict, str]:
+    """The final validation figures and the hardware a model card states."""
+    import re
+
+    history: dict = {}
+    found = re.search(r"final ([0-9.]+|nan) dB vs linear interpolation\s+([0-9.]+|nan) dB", card)
+    if found:
+        history = {"val_psnr": [float(found[1])], "val_psnr_linear": [float(found[2])]}
+    hardware = re.search(r"^\| hardware \| (.+?), \d+ thread", card, re.MULTILINE)
+    return history, hardware[1] if hardware else ""
 
 
 def _back_projection(entry: dict) -> str:
@@ -496,6 +592,7 @@ def model_card(entry: dict, path: Path, history: dict, hardware: str, extra: str
 | stages | {stages} |
 | inference tile | {entry.get("tile", "default (models.infer.TileSettings)")} |
 | back-projection | {_back_projection(entry)} |
+| flip ensemble | {_flip_ensemble(entry)} |
 | training time | {entry["training_seconds"] / 60:.0f} min wall clock, {cpu_hours:.1f} CPU-hours |
 | hardware | {hw} |
 | seed | {t["seed"]} |
@@ -544,6 +641,21 @@ def main() -> None:
         "for networks trained to remove shading)",
     )
     parser.add_argument(
+        "--flip-ensemble",
+        type=int,
+        choices=[1, 2, 4, 8],
+        default=None,
+        help="mean of this many mirrored predictions at inference (bench_quality.py "
+        "--flip-ensemble); 1 when not given",
+    )
+    parser.add_argument(
+        "--again",
+        metavar="VERSION",
+        default=None,
+        help="release the weights of this released VERSION again as --version, with the given "
+        "inference settings (run_dir is then not read: pass -)",
+    )
+    parser.add_argument(
         "--tile",
         default="",
         help='inference tile as JSON, e.g. \'{"slices": 16, "rows": 64, "cols": 64}\'',
@@ -569,6 +681,19 @@ def main() -> None:
     )
     args = parser.parse_args()
     extra = args.card_extra.read_text() if args.card_extra else ""
+    if args.again:
+        for path in release_again(
+            args.again,
+            args.version,
+            args.out or weights_dir(),
+            name=args.name,
+            flip_ensemble=args.flip_ensemble,
+            consistency_weight=args.consistency_weight or None,
+            consistency_gain_sigma_mm=args.consistency_gain_sigma_mm or None,
+            card_extra=extra,
+        ):
+            print(path, sha256_file(path))
+        return
     tile = json.loads(args.tile) if args.tile else None
     path = release_run(
         args.run_dir,
@@ -583,6 +708,7 @@ def main() -> None:
         continues=args.continues,
         consistency_gain_sigma_mm=args.consistency_gain_sigma_mm,
         name=args.name,
+        flip_ensemble=args.flip_ensemble or 1,
     )
     print(path, sha256_file(path))
 

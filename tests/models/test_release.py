@@ -168,3 +168,50 @@ def test_every_profile_has_one_registry_name() -> None:
     for name in PROFILE_NAMES:
         assert registry_name(folder / PROFILE_FILES[name]) == name
         assert load_profile(registry_name(name)) == load_profile(name)
+
+
+def test_release_again_keeps_the_weights_and_changes_only_inference(
+    tmp_path: Path,
+    phantom_brain,  # type: ignore[no-untyped-def]
+) -> None:
+    """A re-release is a new file and version with the source's weights, history and card
+    figures, and the new inference settings in the file, the manifest and the card."""
+    from models.release import release_again, release_run
+    from models.train import DataConfig, OptimConfig, TrainConfig, train
+
+    cfg = TrainConfig(
+        model=UNetConfig(factor=4, base_filters=2, residual_input=True),
+        data=DataConfig(train_brains=[], val_brains=[], draws_per_brain=1, patches_per_draw=8),
+        train=OptimConfig(steps=2, batch_size=2, warmup_steps=1),
+    )
+    train(cfg, tmp_path / "run", brains=[phantom_brain], val=(torch.empty(0), torch.empty(0)))
+    out = tmp_path / "weights"
+    source = release_run(tmp_path / "run", out, "", "test-cpu", version="1.0.0")
+    card_path = source.with_suffix(".md")  # a run with validation figures, as real ones have
+    card_path.write_text(card_path.read_text().replace("final nan dB", "final 20.33 dB", 1))
+    card_path.write_text(card_path.read_text().replace("\nnan dB (PSNR", "\n17.87 dB (PSNR", 1))
+    (again,) = release_again("1.0.0", "1.0.1", out, flip_ensemble=4, consistency_weight=0.5)
+    manifest = read_manifest(out)["models"]
+    old, new = manifest[source.name], manifest[again.name]
+    assert new["version"] == "1.0.1" and new["released_from"] == "1.0.0"
+    assert new["flip_ensemble"] == 4 and new["consistency_weight"] == 0.5
+    assert new["sha256"] == sha256_file(again) != old["sha256"]
+    assert (new["steps"], new["training_seconds"], new["config"]) == (
+        old["steps"],
+        old["training_seconds"],
+        old["config"],
+    )
+    a, b = load_weights(source, old["sha256"]), load_weights(again, new["sha256"])
+    for key, value in a.state_dict().items():
+        assert torch.equal(value, b.state_dict()[key])
+    assert (b.flip_ensemble, b.consistency_weight) == (4, 0.5)
+    assert a.flip_ensemble == 1
+    card = again.with_suffix(".md").read_text()
+    assert "mean of 4 mirrored predictions" in card and old["sha256"] in card
+    assert "test-cpu" in card and "final 20.33 dB vs linear interpolation\n17.87 dB" in card
+    engine = IQTEngine.from_release(out)  # the newest: the re-release
+    assert engine.info.version == "1.0.1"
+    vol = np.random.default_rng(0).random((6, 40, 36)).astype(np.float32) * 500.0
+    assert engine.upsample(vol, 4).notes["flip_ensemble"] == 4
+    with pytest.raises(FileNotFoundError, match="no released"):
+        release_again("9.9.9", "9.9.10", out)
