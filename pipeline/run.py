@@ -131,10 +131,16 @@ def enhance_series(
     if settings.n4.enabled:
         bias = correct_bias(image, settings.n4)
         image, mask = bias.corrected, bias.mask
-        n4 = (
-            f"N4 {settings.n4.backend} shrink {shrink_factors(volume.image, settings.n4)} "
-            f"iterations {settings.n4.iterations}"
-        )
+        if settings.n4.method == "tissue-fit":
+            n4 = (
+                f"tissue-fit bias field, degree {settings.n4.tissue_degree}, "
+                f"{settings.n4.tissue_classes} tissue level(s), {settings.n4.mask} mask"
+            )
+        else:
+            n4 = (
+                f"N4 {settings.n4.backend} shrink {shrink_factors(volume.image, settings.n4)} "
+                f"iterations {settings.n4.iterations}"
+            )
     else:
         mask = head_mask(image)
         n4 = "no bias correction"

@@ -27,7 +27,7 @@ EXIT_REFUSED = 2
 _STAGE_TEXT = {
     "read": "reading instances",
     "volume": "building the volume",
-    "bias": "N4 bias-field correction",
+    "bias": "bias-field correction (N4 or tissue-fit)",
     "equalise": "slice equalisation",
     "engine": "super-resolving through-plane",
     "derive": "building the derived series",

@@ -17,6 +17,11 @@ and 0.17 at +-30 %; the 0.1 settings: neutrality 0.157), not issue 13's targets 
 which these settings do not reach: the brain's own smooth white-matter variation (about 5 % p95
 in this template) is already above 2 %, and N4 converges only part of the way on a stiff mesh
 (see pipeline.bias and the bench).
+
+The tissue-fit method (``method = "tissue-fit"``) is tested on ``head`` too (measured: neutrality
+0.023, removed 0.15 (poly) and 0.11 (blobs) at +-30 %; one class 0.059, 0.33, 0.34) and on a
+synthetic phantom where its model holds exactly (flat tissues, a degree-2 field), which
+separates the fit itself from what the anatomy of a real head adds.
 """
 
 from __future__ import annotations
@@ -27,7 +32,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from bench.bench_n4 import RELEASE_01, make_case, neutrality, removed_fraction, shading
+from bench.bench_n4 import (
+    RELEASE_01,
+    Case,
+    make_case,
+    neutrality,
+    removed_fraction,
+    shading,
+)
 from models.brains import load_brain
 from pipeline.bias import control_points, correct_bias, shrink_factors
 from pipeline.mask import head_mask
@@ -145,3 +157,103 @@ def test_antspy_backend_flattens_too(biased):
     settings = OLD.model_copy(update={"backend": "antspy", "iterations": [20, 20, 10]})
     result = correct_bias(image, settings)
     _check_flattened(result, clean, image, applied)
+
+
+# --- tissue-fit (pipeline.bias.tissue_fit) -----------------------------------------------------
+
+TISSUE_FIT = N4Settings(method="tissue-fit")
+"""The tissue-fit defaults: degree-2 Legendre log field, grey and white matter with a level each,
+fitted once to the 50-99.5 % window of the inner mask."""
+
+
+def _phantom(shaded: bool, seed: int = 0) -> tuple[Case, np.ndarray]:
+    """A synthetic head where the tissue-fit model holds: flat tissues, an exactly quadratic field.
+
+    160x160x30 at 1.5 x 1.5 x 6 mm: bright scalp fat, dark skull, CSF, then a brain of white
+    matter (1.0) with grey matter (0.84, the 0.36 T ratio) in a cortical rim and in blobs
+    throughout, Rician noise at WM/30. The shading spans about +-30 % in the brain.
+    """
+    z, y, x = np.meshgrid(
+        (np.arange(30) - 14.5) * 6.0,
+        (np.arange(160) - 79.5) * 1.5,
+        (np.arange(160) - 79.5) * 1.5,
+        indexing="ij",
+    )
+    head = np.sqrt((x / 80) ** 2 + (y / 100) ** 2 + (z / 85) ** 2)
+    inner = np.sqrt((x / 62) ** 2 + (y / 82) ** 2 + (z / 68) ** 2)
+    brain = inner < 0.95
+    grey = brain & ((np.sin(x / 6) * np.sin(y / 7) * np.cos(z / 13) > 0.25) | (inner > 0.85))
+    tissue = np.zeros(x.shape)
+    tissue[head < 1] = 1.3
+    tissue[head < 0.92] = 0.1
+    tissue[inner < 1] = 0.3
+    tissue[brain] = 1.0
+    tissue[grey] = 0.84
+    log_field = np.zeros(x.shape)
+    if shaded:
+        u, v, w = x / 80, y / 100, z / 85
+        log_field = 0.3 * u + 0.2 * v**2 - 0.2 * u * w + 0.15 * w
+    rng = np.random.default_rng(seed)
+    signal = tissue * np.exp(log_field)
+    noisy = np.abs(signal + rng.normal(0, 1 / 30, x.shape) + 1j * rng.normal(0, 1 / 30, x.shape))
+    image = sitk.GetImageFromArray(noisy.astype(np.float32))
+    image.SetSpacing((1.5, 1.5, 6.0))
+    return Case(image, brain, np.exp(log_field).astype(np.float32)), log_field
+
+
+def test_tissue_fit_finds_a_field_where_its_model_holds():
+    """On the phantom the field is degree 2 and the tissues flat, so only the fit is tested.
+
+    The defaults stay neutral on the unshaded phantom (measured 0.003-0.006 over 4 noise seeds)
+    but find only a third of the shading (0.34-0.39): the window and the grey/white split are
+    taken on the shaded image, so the bright side's grey matter counts as white and the field
+    comes out too flat. Re-taking the window on the corrected image (3 rounds, one class)
+    removes most of it (0.81-0.87, neutral 0.018-0.023): the machinery is right; on real heads
+    the re-selection also follows anatomy, which is why the defaults do not use it.
+    """
+    flat, _ = _phantom(False)
+    shaded, applied = _phantom(True)
+    result = correct_bias(flat.image, TISSUE_FIT)
+    assert neutrality(result.log_field, flat) <= 0.015
+    assert removed_fraction(correct_bias(shaded.image, TISSUE_FIT).log_field, shaded) >= 0.25
+    rounds = TISSUE_FIT.model_copy(update={"tissue_classes": 1, "tissue_rounds": 3})
+    result = correct_bias(shaded.image, rounds)
+    assert removed_fraction(result.log_field, shaded) >= 0.7
+    found = sitk.GetArrayViewFromImage(result.log_field)[shaded.brain]
+    assert np.corrcoef(found, applied[shaded.brain])[0, 1] > 0.95
+    assert result.corrected.GetSize() == shaded.image.GetSize()  # full resolution
+    assert neutrality(correct_bias(flat.image, rounds).log_field, flat) <= 0.04
+
+
+def test_tissue_fit_leaves_an_unshaded_whole_head_nearly_alone(head):
+    """Measured 0.023 here (N4 defaults 0.054): a degree-2 field with a level per tissue cannot
+    follow the partial-volume mix that N4 and the one-class fit read as field."""
+    case = head(None)
+    result = correct_bias(case.image, TISSUE_FIT)
+    found = neutrality(result.log_field, case)
+    assert found <= 0.035, found
+    assert found < 0.7 * neutrality(correct_bias(case.image).log_field, case)
+    # The same contract as N4: the head mask comes back, the fitted window is less.
+    head_voxels = sitk.GetArrayViewFromImage(result.mask).sum()
+    assert sitk.GetArrayViewFromImage(result.fit_mask).sum() < 0.5 * head_voxels
+    assert head_voxels > case.brain.sum()
+
+
+@pytest.mark.parametrize("kind", ["poly", "blobs"])
+def test_tissue_fit_removes_part_of_a_known_shading(head, kind):
+    """Only part: measured 0.15 (poly) and 0.11 (blobs) at +-30 % for the defaults, 0.33 and
+    0.34 for the one-class (white matter only) fit, whose unshaded field is 2.5x larger."""
+    case = head(kind, 0.3)
+    removed = removed_fraction(correct_bias(case.image, TISSUE_FIT).log_field, case)
+    assert removed >= 0.05, removed
+    one_class = TISSUE_FIT.model_copy(update={"tissue_classes": 1})
+    removed = removed_fraction(correct_bias(case.image, one_class).log_field, case)
+    assert removed >= 0.2, removed
+
+
+def test_tissue_fit_settings_keep_the_digest_of_existing_configurations():
+    """The fields added with tissue-fit are left out of the dump while at their defaults."""
+    dumped = N4Settings().model_dump()
+    assert "method" not in dumped and not any(k.startswith("tissue_") for k in dumped)
+    assert TISSUE_FIT.model_dump()["method"] == "tissue-fit"
+    assert N4Settings.model_validate(TISSUE_FIT.model_dump()) == TISSUE_FIT
