@@ -62,9 +62,11 @@ TARGET_SPACING_MM = 1.5
 FIELD_OF_VIEW_MM = 230.4
 """256 x 0.9 mm, kept when ``--rows`` asks for a smaller matrix."""
 DEMO_INR_OPTIONS = {"iterations": 150, "time_budget_s": 90.0}
-"""``--profile`` other than T1-0.36T: no trained model serves it, so the demo configures the
-unsupervised ``inr`` engine for it, fitted for at most 90 s so the demo stays a demo (the node's
-default is 400 iterations within 300 s)."""
+"""``--profile`` other than T1-0.36T: the node runs the trained ``iqt-mc`` where its release
+serves the profile (the registry activates it at start); the demo also configures the
+unsupervised ``inr`` engine for the profile, the node's fallback where no trained model serves
+it, fitted for at most 90 s so the demo stays a demo (the node's default is 400 iterations
+within 300 s)."""
 
 
 def say(text: str) -> None:
@@ -88,7 +90,8 @@ def demo_config(
     profile: str = PROFILE,
 ) -> Config:
     """The embedded configuration: one rule for low-field T1 to one PACS on loopback; for
-    another ``profile``, one rule for that profile, enhanced by the ``inr`` engine."""
+    another ``profile``, one rule for that profile, with the ``inr`` engine configured for it
+    (used only where no trained model serves the profile)."""
     from dicomnode.config import parse_config
 
     rule: dict[str, Any] = {
@@ -748,7 +751,8 @@ def demo(
         typer.Option(
             help="Contrast and field of the sent series: T1-0.36T (the trained model), or "
             "T2-0.36T, FLAIR-0.36T, T1-64mT, T2-64mT, FLAIR-64mT (a simulated series of that "
-            "profile's geometry, enhanced by the unsupervised inr engine; --rows does not apply)."
+            "profile's geometry, enhanced by the trained iqt-mc where its release serves the "
+            "profile, else by the unsupervised inr engine; --rows does not apply)."
         ),
     ] = PROFILE,
 ) -> None:

@@ -86,9 +86,10 @@ def test_demo_without_a_pacs_leaves_the_result_in_the_outbox(tmp_path):
     assert (tmp_path / "demo" / "demo-preview.png").read_bytes()[:8] == PNG_MAGIC
 
 
-def test_demo_runs_a_64_mt_t2_series_through_the_inr_engine(tmp_path):
-    """No trained model serves T2 at 64 mT: the demo simulates such a series and the node
-    enhances it with the unsupervised engine its configuration names for the profile."""
+def test_demo_runs_a_64_mt_t2_series_through_the_trained_mc_model(tmp_path):
+    """The demo simulates a T2 series at 64 mT; the shipped iqt-mc release serves that profile,
+    so the registry's active model enhances it rather than the inr fallback the demo's
+    configuration names for the profile (tests/node/test_mixed_release.py runs inr)."""
     result = subprocess.run(
         [str(BIN), "demo", "--workdir", str(tmp_path / "demo"), "--port", str(free_port())]
         + ["--no-pacs", "--profile", "T2-64mT"],
@@ -99,9 +100,9 @@ def test_demo_runs_a_64_mt_t2_series_through_the_inr_engine(tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "simulating a T2-64mT axial series" in output
-    assert "the 'inr' engine configured for it" in output
-    assert re.search(r"job \d+: stored, model inr@", output), output
-    assert "weights sha256 none (fitted to this series alone)" in output
+    assert "iqt-mc@0.1.0/k4" in output, output
+    assert re.search(r"job \d+: stored, model iqt-mc@0\.1\.0", output), output
+    assert "fitted to this series alone" not in output
     assert (tmp_path / "demo" / "demo-preview.png").read_bytes()[:8] == PNG_MAGIC
 
 
