@@ -136,8 +136,10 @@ def test_enhanced_series_and_original_reach_the_pacs_with_provenance(tmp_path, b
         source_uid = _uid(files)
         job = _enhance_job(node, source_uid, "delivered")
         show = node.json_lines("jobs", "show", str(job["id"]))[0]
-        active = {
-            m["factor"]: m for m in node.json_lines("models", "list") if m["state"] == "active"
+        active = {  # the T1 profile's (iqt-mc rows serve the other profiles)
+            m["factor"]: m
+            for m in node.json_lines("models", "list")
+            if m["state"] == "active" and m["profile"] == PROFILE
         }
         assert show["model"] == f"iqt-t1@{active[4]['version']}"
         assert show["model_sha256"] == active[4]["sha256"] and show["factor"] == 4
@@ -187,7 +189,11 @@ def test_activation_applies_to_the_next_job_and_rollback_returns(tmp_path, brain
     node = _node(tmp_path, orthanc, forward_originals=False).start()
     try:
         listed = node.json_lines("models", "list")
-        released = [m for m in listed if m["factor"] == 4 and m["state"] == "active"][0]
+        released = [
+            m
+            for m in listed
+            if m["factor"] == 4 and m["state"] == "active" and m["profile"] == PROFILE
+        ][0]
         _models(node, "import", released["path"], "--version", "0.2.0-site", "--profile", PROFILE)
         first = _series(brain, tmp_path / "a", seed=62)
         storescu(node.port, first)
