@@ -77,8 +77,9 @@ def test_accepts_only_the_profiles_it_was_released_for(release) -> None:  # type
     assert not accepts_mc_profile({**t2, "profile": None}, release)
     assert not accepts_mc_profile({**t2, "MagneticFieldStrength": 1.5}, release)
     assert not accepts_mc_profile({**t2, "Modality": "CT"}, release)
-    # nothing iqt-mc ships with the software today: it accepts nothing from the package
-    assert not accepts_mc_profile(t2)
+    # the package's own release (0.1.0) serves the five profiles, never T1-0.36T
+    assert accepts_mc_profile(t2) and accepts_mc_profile({**t2, "profile": "FLAIR-0.36T"})
+    assert not accepts_mc_profile({**t2, "profile": "T1-0.36T"})
     assert not accepts_profile({**t2, "SeriesDescription": "T2 AX"})
 
 

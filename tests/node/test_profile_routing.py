@@ -127,5 +127,6 @@ def test_enhance_says_which_profile_it_picked(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stderr
     assert "profile FLAIR-64mT: rule 'lowfield-64mT-flair'" in run.stderr
-    # the T1-0.36T network declines another profile's series: classical interpolation runs
-    assert "bspline" in run.stderr
+    # the T1-0.36T network declines another profile's series; the contrast-agnostic network
+    # released for FLAIR-64mT takes it
+    assert "iqt-mc" in run.stderr
