@@ -1,5 +1,5 @@
-"""Automatic engine choice with the contrast-agnostic ``iqt-mc``: with no weights shipped (as
-today) a T2 series falls back exactly as before; once weights for T2-0.36T ship, it is chosen
+"""Automatic engine choice with the contrast-agnostic ``iqt-mc``: in an installation without its
+weights a T2 series falls back exactly as before; once weights for T2-0.36T ship, it is chosen
 for that profile over cubic, never for another."""
 
 from __future__ import annotations
