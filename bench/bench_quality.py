@@ -620,26 +620,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help=f"{QUICK_BRAIN}, axial k=4 and k=8, mean SNR, no shading and +-20 %%",
     )
-    parser.add_argument(
-        "--consistency-weight",
-        type=float,
-        default=None,
-        help="override the contrast-matched back-projection weight each weights file records "
-        "(models/trust.py), to tune it on training brains before a release",
-    )
-    parser.add_argument(
-        "--consistency-gain-sigma-mm",
-        type=float,
-        default=None,
-        help="override the width of the smooth gain the back-projection keeps (0: none)",
-    )
-    parser.add_argument(
-        "--flip-ensemble",
-        type=int,
-        choices=[1, 2, 4, 8],
-        default=None,
-        help="override how many mirrored copies each weights file's prediction averages",
-    )
+    add_inference_overrides(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="folder for quality.md, quality.json, PNGs")
     args = parser.parse_args(argv)
@@ -705,12 +686,44 @@ def write_files(
 
 
 _OVERRIDES: dict[str, float] = {}
+INFERENCE_SETTINGS = ("consistency_weight", "consistency_gain_sigma_mm", "flip_ensemble")
+"""The inference settings a weights file records (``models.release.load_weights``), which the
+benches can override to tune them on training brains before a release."""
 
 
-def override_consistency(**values: float) -> None:
-    """Every weights file loaded from now on runs with these back-projection settings
-    (``consistency_weight``, ``consistency_gain_sigma_mm``, ``flip_ensemble``) instead of its
-    recorded ones."""
+def add_inference_overrides(parser: argparse.ArgumentParser) -> None:
+    """The command-line flags of ``INFERENCE_SETTINGS`` (unset: each file's recorded value)."""
+    parser.add_argument(
+        "--consistency-weight",
+        type=float,
+        default=None,
+        help="override the contrast-matched back-projection weight each weights file records "
+        "(models/trust.py), to tune it on training brains before a release",
+    )
+    parser.add_argument(
+        "--consistency-gain-sigma-mm",
+        type=float,
+        default=None,
+        help="override the width of the smooth gain the back-projection keeps (0: none)",
+    )
+    parser.add_argument(
+        "--flip-ensemble",
+        type=int,
+        choices=[1, 2, 4, 8],
+        default=None,
+        help="override how many mirrored copies each weights file's prediction averages",
+    )
+
+
+def override_inference_from(args: argparse.Namespace) -> None:
+    """Apply the ``INFERENCE_SETTINGS`` flags given on the command line."""
+    values = {k: getattr(args, k) for k in INFERENCE_SETTINGS if getattr(args, k) is not None}
+    override_inference(**values)
+
+
+def override_inference(**values: float) -> None:
+    """Every weights file loaded from now on runs with these ``INFERENCE_SETTINGS`` instead of
+    its recorded ones."""
     import models.release as release
 
     if not values:
@@ -730,12 +743,7 @@ def override_consistency(**values: float) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    overrides = {
-        "consistency_weight": args.consistency_weight,
-        "consistency_gain_sigma_mm": args.consistency_gain_sigma_mm,
-        "flip_ensemble": args.flip_ensemble,
-    }
-    override_consistency(**{k: v for k, v in overrides.items() if v is not None})
+    override_inference_from(args)
     command = shlex.join(
         [".venv/bin/python", "bench/bench_quality.py", *(sys.argv[1:] if argv is None else argv)]
     )
