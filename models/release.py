@@ -629,16 +629,18 @@ def main() -> None:
     parser.add_argument(
         "--consistency-weight",
         type=float,
-        default=0.0,
+        default=None,
         help="contrast-matched back-projection weight, tuned on training brains "
-        "(bench/bench_quality.py --consistency-weight)",
+        "(bench/bench_quality.py --consistency-weight); 0 when not given, or with --again the "
+        "source's",
     )
     parser.add_argument(
         "--consistency-gain-sigma-mm",
         type=float,
-        default=0.0,
+        default=None,
         help="keep the prediction's smooth gain in the back-projection (Gaussian width in mm; "
-        "for networks trained to remove shading)",
+        "for networks trained to remove shading); 0 when not given, or with --again the "
+        "source's",
     )
     parser.add_argument(
         "--flip-ensemble",
@@ -688,8 +690,8 @@ def main() -> None:
             args.out or weights_dir(),
             name=args.name,
             flip_ensemble=args.flip_ensemble,
-            consistency_weight=args.consistency_weight or None,
-            consistency_gain_sigma_mm=args.consistency_gain_sigma_mm or None,
+            consistency_weight=args.consistency_weight,
+            consistency_gain_sigma_mm=args.consistency_gain_sigma_mm,
             card_extra=extra,
         ):
             print(path, sha256_file(path))
@@ -704,9 +706,9 @@ def main() -> None:
         tile,
         args.back_projection,
         args.version,
-        consistency_weight=args.consistency_weight,
+        consistency_weight=args.consistency_weight or 0.0,
         continues=args.continues,
-        consistency_gain_sigma_mm=args.consistency_gain_sigma_mm,
+        consistency_gain_sigma_mm=args.consistency_gain_sigma_mm or 0.0,
         name=args.name,
         flip_ensemble=args.flip_ensemble or 1,
     )
