@@ -324,6 +324,20 @@ def _like(array: np.ndarray, image: sitk.Image) -> sitk.Image:
     return out
 
 
+def describe_correction(image: sitk.Image, settings: N4Settings) -> str:
+    """What ``correct_bias`` does to ``image`` with ``settings``, in the words of the pipeline's
+    record (the method's own parameters, so the record says which estimator ran)."""
+    if settings.method == "tissue-fit":
+        return (
+            f"tissue-fit bias field, degree {settings.tissue_degree}, "
+            f"{settings.tissue_classes} tissue level(s), {settings.mask} mask"
+        )
+    return (
+        f"N4 {settings.backend} shrink {shrink_factors(image, settings)} "
+        f"iterations {settings.iterations}"
+    )
+
+
 def _positive(image: sitk.Image) -> sitk.Image:
     # N4 works on log intensities: keep the fit away from zeros and negatives (background noise,
     # signed data), which would otherwise dominate; the field is applied to the untouched image.

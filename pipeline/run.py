@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from models.engine import EngineInfo, ThroughPlaneEngine
-from pipeline.bias import correct_bias, shrink_factors
+from pipeline.bias import correct_bias, describe_correction
 from pipeline.derive import Provenance, derive_series
 from pipeline.engines import Profile, choose_engine
 from pipeline.enhance import enhance_volume
@@ -131,16 +131,7 @@ def enhance_series(
     if settings.n4.enabled:
         bias = correct_bias(image, settings.n4)
         image, mask = bias.corrected, bias.mask
-        if settings.n4.method == "tissue-fit":
-            n4 = (
-                f"tissue-fit bias field, degree {settings.n4.tissue_degree}, "
-                f"{settings.n4.tissue_classes} tissue level(s), {settings.n4.mask} mask"
-            )
-        else:
-            n4 = (
-                f"N4 {settings.n4.backend} shrink {shrink_factors(volume.image, settings.n4)} "
-                f"iterations {settings.n4.iterations}"
-            )
+        n4 = describe_correction(volume.image, settings.n4)
     else:
         mask = head_mask(image)
         n4 = "no bias correction"
