@@ -210,6 +210,7 @@ def release_run(
     consistency_gain_sigma_mm: float = 0.0,
     name: str = MODEL_NAME,
     flip_ensemble: int = 1,
+    weights: str = "final",
 ) -> Path:
     """Turn a training run (``model.pt``) into a released file + card; ``earlier_stages`` are
     the runs it was fine-tuned from, whose time and steps count towards the total.
@@ -220,6 +221,9 @@ def release_run(
     ``continues`` names the released version the run started from (``--init-from``): that
     release's stages, time and steps (from the manifest, its run folders being long gone) are
     counted first, so the card's CPU-hours are the model's whole history.
+
+    ``weights``: "final" releases the last step's weights; "average" the run's moving average
+    of the weights (``[train] ema_decay``), which must then be in ``model.pt``.
     """
     import torch
 
@@ -232,7 +236,11 @@ def release_run(
         stages.append((h["history"], h["config"]))
     cfg = ck["config"]
     model = AnisoUNet(UNetConfig(**cfg["model"]))
-    model.load_state_dict(ck["model"])
+    if weights not in ("final", "average"):
+        raise ValueError(f"weights must be 'final' or 'average', got {weights!r}")
+    if weights == "average" and "ema" not in ck:
+        raise ValueError(f"{run_dir / 'model.pt'} holds no weight average ([train] ema_decay)")
+    model.load_state_dict(ck["ema" if weights == "average" else "model"])
     factor = model.config.factor
     profiles = _served_profiles(cfg, name)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -303,6 +311,7 @@ def release_run(
         manifest["models"][path.name]["consistency_gain_sigma_mm"] = consistency_gain_sigma_mm
     if flip_ensemble > 1:
         manifest["models"][path.name]["flip_ensemble"] = flip_ensemble
+    manifest["models"][path.name]["weights"] = weights
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     card = model_card(
         manifest["models"][path.name],
@@ -565,7 +574,13 @@ def model_card(entry: dict, path: Path, history: dict, hardware: str, extra: str
     )
     cpu_hours = entry["training_seconds"] * max(1, int(t.get("threads", 1))) / 3600
     hw = f"{hardware}, {t['threads']} thread(s) per run, 2 cores shared with other jobs"
-    val = history.get("val_psnr") or [float("nan")]
+    average = entry.get("weights") == "average"
+    val = history.get("val_psnr_ema" if average else "val_psnr") or [float("nan")]
+    kept = (
+        f"moving average of the training weights (decay {t.get('ema_decay')})"
+        if average
+        else "the last step's"
+    )
     lin = history.get("val_psnr_linear") or [float("nan")]
     norm = entry.get("input_normalisation", DEFAULT_NORMALISATION)
     ratios = d.get("thickness_ratios") or [d.get("thickness_ratio", 1.0)] * 2
@@ -593,6 +608,7 @@ def model_card(entry: dict, path: Path, history: dict, hardware: str, extra: str
 | inference tile | {entry.get("tile", "default (models.infer.TileSettings)")} |
 | back-projection | {_back_projection(entry)} |
 | flip ensemble | {_flip_ensemble(entry)} |
+| weights released | {kept} |
 | training time | {entry["training_seconds"] / 60:.0f} min wall clock, {cpu_hours:.1f} CPU-hours |
 | hardware | {hw} |
 | seed | {t["seed"]} |
@@ -607,9 +623,9 @@ def model_card(entry: dict, path: Path, history: dict, hardware: str, extra: str
 
 ## Validation during training
 
-Validation patches (axial, mean SNR): final {val[-1]:.2f} dB vs linear interpolation
-{lin[-1]:.2f} dB (PSNR on the normalised scale, peak 1). The figures that matter are the
-whole-pipeline ones in models/EVALUATION.md.
+Validation patches (axial, mean SNR), released weights: final {val[-1]:.2f} dB vs linear
+interpolation {lin[-1]:.2f} dB (PSNR on the normalised scale, peak 1). The figures that matter
+are the whole-pipeline ones in models/EVALUATION.md.
 
 {extra}
 """
@@ -676,6 +692,12 @@ def main() -> None:
     )
     parser.add_argument("--version", default=VERSION, help="version to release as")
     parser.add_argument(
+        "--weights",
+        choices=["final", "average"],
+        default="final",
+        help="the last step's weights, or the run's moving average of them ([train] ema_decay)",
+    )
+    parser.add_argument(
         "--name",
         default=MODEL_NAME,
         help=f"model to release as: {MODEL_NAME} (T1 runs) or {MC_MODEL_NAME} (random-contrast "
@@ -711,6 +733,7 @@ def main() -> None:
         consistency_gain_sigma_mm=args.consistency_gain_sigma_mm or 0.0,
         name=args.name,
         flip_ensemble=args.flip_ensemble or 1,
+        weights=args.weights,
     )
     print(path, sha256_file(path))
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn import functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from models.aniso_unet import AnisoUNet, UNetConfig
 from models.augment import GridDraw
@@ -86,6 +87,11 @@ class OptimConfig:
     max_minutes: float = 0.0
     init_from: str = ""
     draw_workers: int = 0
+    # Exponential moving average of the weights (0: off), kept beside the trained weights and
+    # saved in model.pt as "ema". Why: the loss swings with each refill's draws (a few brains,
+    # one acquisition each), so the last step's weights carry that refill's noise; the average
+    # over the last ~1/(1 - decay) steps does not.
+    ema_decay: float = 0.0
 
 
 @dataclass
@@ -413,6 +419,8 @@ def plot_curves(history: dict, path: Path) -> None:
     a.set_ylabel("training loss (running mean)")
     if history["val_step"]:
         b.plot(history["val_step"], history["val_psnr"], label="network")
+        if history.get("val_psnr_ema"):
+            b.plot(history["val_step"], history["val_psnr_ema"], label="network, weight average")
         b.plot(history["val_step"], history["val_psnr_linear"], "--", label="linear interp.")
         b.legend()
     b.set_xlabel("step")
@@ -455,6 +463,7 @@ def train(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = AnisoUNet(cfg.model).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=t.lr)
+    ema: AveragedModel | None = None
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, t))
     history: dict = {
         "step": [],
@@ -469,9 +478,14 @@ def train(
     if t.init_from:
         # Warm start (fine-tuning): weights only; optimiser, schedule and step start afresh.
         model.load_state_dict(initial_weights(t.init_from, device, cfg.model))
+    if t.ema_decay:
+        # After the warm start, so the average begins at the weights the run starts from.
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay))
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, weights_only=False, map_location=device)
         model.load_state_dict(ck["model"])
+        if ema is not None and "ema" in ck:
+            ema.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         history = ck["history"]
@@ -498,10 +512,21 @@ def train(
                 "numpy_rng": rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(),
                 "config": cfg.to_dict(),
+                **({"ema": ema.state_dict()} if ema is not None else {}),
             },
             ckpt_path,
         )
         (out / "history.json").write_text(json.dumps(history))
+
+    def record_validation(step: int) -> dict[str, float]:
+        v = validate(model, vx, vy)
+        if ema is not None:
+            v["val_psnr_ema"] = validate(ema.module, vx, vy)["val_psnr"]
+        history["val_step"].append(step)
+        for key in ("val_psnr", "val_psnr_linear", "val_psnr_ema"):
+            if key in v:
+                history.setdefault(key, []).append(v[key])
+        return v
 
     model.train()
     done = start  # steps completed (optimiser stepped), what a checkpoint resumes from
@@ -514,6 +539,8 @@ def train(
             loss.backward()
             opt.step()
             sched.step()
+            if ema is not None:
+                ema.update_parameters(model)
             done = step + 1
             history["step"].append(step)
             history["loss"].append(loss.item())
@@ -528,13 +555,12 @@ def train(
                 )
                 log.flush()
             if len(vx) and ((step + 1) % t.val_every == 0 or step + 1 == t.steps):
-                v = validate(model, vx, vy)
-                history["val_step"].append(step + 1)
-                for key in ("val_psnr", "val_psnr_linear"):
-                    history[key].append(v[key])
+                v = record_validation(step + 1)
                 log.write(
                     f"step {step + 1} val_psnr {v['val_psnr']:.2f} dB "
-                    f"(linear {v['val_psnr_linear']:.2f} dB)\n"
+                    f"(linear {v['val_psnr_linear']:.2f} dB"
+                    + (f", average {v['val_psnr_ema']:.2f} dB" if "val_psnr_ema" in v else "")
+                    + ")\n"
                 )
                 log.flush()
             if (step + 1) % t.checkpoint_every == 0:
@@ -544,10 +570,7 @@ def train(
                 log.write(f"stopping at step {step + 1}: max_minutes {t.max_minutes} reached\n")
                 break
         if len(vx) and (not history["val_step"] or history["val_step"][-1] != done):
-            v = validate(model, vx, vy)
-            history["val_step"].append(done)
-            for key in ("val_psnr", "val_psnr_linear"):
-                history[key].append(v[key])
+            record_validation(done)
     finally:
         stream.close()
         if bar is not None:
@@ -559,6 +582,11 @@ def train(
                 "model": {k: v.cpu() for k, v in model.state_dict().items()},
                 "config": cfg.to_dict(),
                 "history": history,
+                **(
+                    {"ema": {k: v.cpu() for k, v in ema.module.state_dict().items()}}
+                    if ema is not None
+                    else {}
+                ),
             },
             out / "model.pt",
         )

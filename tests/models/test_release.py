@@ -146,6 +146,34 @@ def test_release_run_writes_file_manifest_and_card(tmp_path: Path, phantom_brain
         assert read_manifest(released.parent)["models"][released.name]["profile"] == recorded
 
 
+def test_release_of_the_weight_average(tmp_path: Path, phantom_brain) -> None:  # type: ignore[no-untyped-def]
+    """``weights="average"`` releases the run's moving average, says so in the manifest and
+    card, and is refused for a run that kept none."""
+    from models.release import load_weights, release_run
+    from models.train import DataConfig, OptimConfig, TrainConfig, train
+
+    cfg = TrainConfig(
+        model=UNetConfig(factor=4, base_filters=2, levels=4, residual_input=True),
+        data=DataConfig(train_brains=[], val_brains=[], draws_per_brain=1, patches_per_draw=8),
+        train=OptimConfig(steps=3, batch_size=2, warmup_steps=1, ema_decay=0.9),
+    )
+    empty = (torch.empty(0), torch.empty(0))
+    train(cfg, tmp_path / "run", brains=[phantom_brain], val=empty, progress=False)
+    saved = torch.load(tmp_path / "run" / "model.pt", weights_only=False)
+    path = release_run(tmp_path / "run", tmp_path / "w", "", "test-cpu", weights="average")
+    released = load_weights(path, None).state_dict()
+    name = next(k for k in saved["ema"] if saved["ema"][k].dtype.is_floating_point)
+    assert torch.allclose(released[name].float(), saved["ema"][name].float(), atol=1e-2)
+    assert read_manifest(path.parent)["models"][path.name]["weights"] == "average"
+    card = path.with_suffix(".md").read_text()
+    assert "moving average of the training weights (decay 0.9)" in card
+
+    plain = TrainConfig(cfg.model, cfg.data, OptimConfig(steps=2, batch_size=2, warmup_steps=1))
+    train(plain, tmp_path / "plain", brains=[phantom_brain], val=empty, progress=False)
+    with pytest.raises(ValueError, match="no weight average"):
+        release_run(tmp_path / "plain", tmp_path / "w2", "", "test-cpu", weights="average")
+
+
 def test_release_bytes_are_reproducible(tmp_path: Path) -> None:
     torch.manual_seed(0)
     net = AnisoUNet(UNetConfig(factor=4, base_filters=2))

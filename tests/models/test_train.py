@@ -105,3 +105,26 @@ def test_draw_workers_feed_the_same_batches_shape(tmp_path, phantom_brain) -> No
             assert x.shape == (4, 1, 8, 32, 32) and y.shape == w.shape == (4, 1, 32, 32, 32)
     finally:
         stream.close()
+
+
+def test_weight_average_is_kept_saved_and_resumed(tmp_path, phantom_brain) -> None:  # type: ignore[no-untyped-def]
+    """``ema_decay`` keeps a moving average beside the trained weights: it lags them (so it
+    differs), it is what the checkpoint resumes, and model.pt carries both."""
+    from dataclasses import replace
+
+    cfg = _config(6)
+    cfg = replace(cfg, train=replace(cfg.train, ema_decay=0.5, val_every=3))
+    x = torch.rand(2, 1, 4, 16, 16)
+    val = (x, torch.rand(2, 1, 16, 16, 16))
+    hist = train(cfg, tmp_path, brains=[phantom_brain], val=val, progress=False)
+    assert len(hist["val_psnr_ema"]) == len(hist["val_step"]) == 2
+    saved = torch.load(tmp_path / "model.pt", weights_only=False)
+    name = next(iter(saved["model"]))
+    assert not torch.equal(saved["model"][name], saved["ema"][name])
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert int(checkpoint["ema"]["n_averaged"]) == 6
+
+    longer = replace(cfg, train=replace(cfg.train, steps=8))
+    train(longer, tmp_path, resume=True, brains=[phantom_brain], val=val, progress=False)
+    resumed = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert int(resumed["ema"]["n_averaged"]) == 8  # continued, not restarted
