@@ -488,9 +488,15 @@ def _card_history(card: str) -> tuple[dict, str]:
     import re
 
     history: dict = {}
-    found = re.search(r"final ([0-9.]+|nan) dB vs linear interpolation\s+([0-9.]+|nan) dB", card)
+    found = re.search(r"final ([0-9.]+|nan) dB vs linear\s+interpolation\s+([0-9.]+|nan) dB", card)
     if found:
-        history = {"val_psnr": [float(found[1])], "val_psnr_linear": [float(found[2])]}
+        # The card's figure is that of the weights it released, final or averaged.
+        released = [float(found[1])]
+        history = {
+            "val_psnr": released,
+            "val_psnr_ema": released,
+            "val_psnr_linear": [float(found[2])],
+        }
     hardware = re.search(r"^\| hardware \| (.+?), \d+ thread", card, re.MULTILINE)
     return history, hardware[1] if hardware else ""
 
@@ -623,9 +629,10 @@ def model_card(entry: dict, path: Path, history: dict, hardware: str, extra: str
 
 ## Validation during training
 
-Validation patches (axial, mean SNR), released weights: final {val[-1]:.2f} dB vs linear
-interpolation {lin[-1]:.2f} dB (PSNR on the normalised scale, peak 1). The figures that matter
-are the whole-pipeline ones in models/EVALUATION.md.
+Validation patches (axial, mean SNR), the weights released:
+final {val[-1]:.2f} dB vs linear interpolation
+{lin[-1]:.2f} dB (PSNR on the normalised scale, peak 1). The figures that matter are the
+whole-pipeline ones in models/EVALUATION.md.
 
 {extra}
 """

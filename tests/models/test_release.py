@@ -149,7 +149,7 @@ def test_release_run_writes_file_manifest_and_card(tmp_path: Path, phantom_brain
 def test_release_of_the_weight_average(tmp_path: Path, phantom_brain) -> None:  # type: ignore[no-untyped-def]
     """``weights="average"`` releases the run's moving average, says so in the manifest and
     card, and is refused for a run that kept none."""
-    from models.release import load_weights, release_run
+    from models.release import load_weights, release_again, release_run
     from models.train import DataConfig, OptimConfig, TrainConfig, train
 
     cfg = TrainConfig(
@@ -160,13 +160,21 @@ def test_release_of_the_weight_average(tmp_path: Path, phantom_brain) -> None:  
     empty = (torch.empty(0), torch.empty(0))
     train(cfg, tmp_path / "run", brains=[phantom_brain], val=empty, progress=False)
     saved = torch.load(tmp_path / "run" / "model.pt", weights_only=False)
-    path = release_run(tmp_path / "run", tmp_path / "w", "", "test-cpu", weights="average")
+    path = release_run(
+        tmp_path / "run", tmp_path / "w", "", "test-cpu", version="1.0.0", weights="average"
+    )
     released = load_weights(path, None).state_dict()
     name = next(k for k in saved["ema"] if saved["ema"][k].dtype.is_floating_point)
     assert torch.allclose(released[name].float(), saved["ema"][name].float(), atol=1e-2)
     assert read_manifest(path.parent)["models"][path.name]["weights"] == "average"
     card = path.with_suffix(".md").read_text()
     assert "moving average of the training weights (decay 0.9)" in card
+    # A re-release of an averaged release keeps its card's figure (of the averaged weights).
+    path.with_suffix(".md").write_text(card.replace("final nan dB", "final 21.50 dB", 1))
+    (again,) = release_again("1.0.0", "1.0.1", path.parent, flip_ensemble=2)
+    again_card = again.with_suffix(".md").read_text()
+    assert "final 21.50 dB vs linear interpolation" in again_card
+    assert "moving average of the training weights (decay 0.9)" in again_card
 
     plain = TrainConfig(cfg.model, cfg.data, OptimConfig(steps=2, batch_size=2, warmup_steps=1))
     train(plain, tmp_path / "plain", brains=[phantom_brain], val=empty, progress=False)
