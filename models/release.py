@@ -681,6 +681,15 @@ def main() -> None:
         "inference settings (run_dir is then not read: pass -)",
     )
     parser.add_argument(
+        "--record-metrics",
+        metavar="QUALITY_JSON",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="record the held-out figures of these bench/bench_quality.py quality.json files in "
+        "the manifest entries of --version, for the registry (run_dir is then not read: pass -)",
+    )
+    parser.add_argument(
         "--tile",
         default="",
         help='inference tile as JSON, e.g. \'{"slices": 16, "rows": 64, "cols": 64}\'',
@@ -712,6 +721,15 @@ def main() -> None:
     )
     args = parser.parse_args()
     extra = args.card_extra.read_text() if args.card_extra else ""
+    if args.record_metrics:
+        from models.release_metrics import record_metrics
+
+        recorded = record_metrics(
+            args.version, args.record_metrics, args.out or weights_dir(), args.name
+        )
+        for file, metrics in recorded.items():
+            print(file, json.dumps({k: v for k, v in metrics.items() if k != "commands"}))
+        return
     if args.again:
         for path in release_again(
             args.again,

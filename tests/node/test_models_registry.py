@@ -167,6 +167,24 @@ def test_sync_released_registers_both_factors_active_and_is_idempotent(
     assert (_states(database), _activations(database)) == before
 
 
+def test_the_newest_release_shows_its_held_out_figures(database, data_dir, tmp_path):
+    """What an administrator reads in ``models show`` of the version the node runs: how it
+    scored on a head it never trained on (``python -m models.release --record-metrics``)."""
+    newest = released_versions()[0]
+    package = _package(tmp_path / "package", {newest})
+    manifest = read_manifest(package)["models"]
+    with database.session() as session:
+        registry.sync_released(session, data_dir, directory=package)
+        rows = session.scalars(select(ModelVersion).where(ModelVersion.version == newest)).all()
+        assert sorted(r.factor for r in rows) == [4, 8]
+        for row in rows:
+            metrics = manifest[file_name(row.factor, newest)]["metrics"]
+            assert row.metrics == metrics
+            assert registry.as_dict(row, details=True)["metrics"] == metrics
+            assert metrics["cases"] > 0 and "held out" in " ".join(metrics["brains"])
+            assert metrics["mean_psnr_gain_db"] > 0
+
+
 def test_sync_never_undoes_an_administrators_choice(database, data_dir, plain_k4, first_release):
     with database.session() as session:
         registry.sync_released(session, data_dir, directory=first_release)
