@@ -92,17 +92,15 @@ def record_metrics(
     """Write the held-out figures of ``quality_files`` into the manifest entry of every factor
     of ``name`` ``version`` they cover; returns {file name: metrics}. A factor they do not
     cover keeps its entry as it is."""
-    from models.release import read_manifest, released_entry, released_factors
+    from models.release import read_manifest, released_entries
 
     qualities = [json.loads(Path(f).read_text(encoding="utf-8")) for f in quality_files]
     manifest = read_manifest(out_dir)
     written: dict[str, dict] = {}
-    for factor in released_factors(out_dir, name):
-        try:
-            file, _ = released_entry(factor, out_dir, version, name)
-        except FileNotFoundError:
+    for file, entry in released_entries(out_dir, name).items():
+        if entry["version"] != version:
             continue
-        metrics = held_out_metrics(qualities, name, version, factor)
+        metrics = held_out_metrics(qualities, name, version, int(entry["factor"]))
         if metrics is not None:
             manifest["models"][file]["metrics"] = metrics
             written[file] = metrics
