@@ -692,7 +692,12 @@ def write_files(
 
 
 _OVERRIDES: dict[str, float] = {}
-INFERENCE_SETTINGS = ("consistency_weight", "consistency_gain_sigma_mm", "flip_ensemble")
+INFERENCE_SETTINGS = (
+    "consistency_weight",
+    "consistency_gain_sigma_mm",
+    "flip_ensemble",
+    "detail_weight",
+)
 """The inference settings a weights file records (``models.release.load_weights``), which the
 benches can override to tune them on training brains before a release."""
 
@@ -718,6 +723,12 @@ def add_inference_overrides(parser: argparse.ArgumentParser) -> None:
         choices=[1, 2, 4, 8],
         default=None,
         help="override how many mirrored copies each weights file's prediction averages",
+    )
+    parser.add_argument(
+        "--detail-weight",
+        type=float,
+        default=None,
+        help="override the weight of the per-series through-plane detail (models/smore.py)",
     )
 
 

@@ -100,12 +100,15 @@ def _taper(length: int, ramp: int, left_edge: bool, right_edge: bool) -> np.ndar
     return np.maximum(w, 1e-4)
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device asked for, or by default the GPU when there is one, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _device_and_autocast(device: str | torch.device | None):  # type: ignore[no-untyped-def]
-    dev = (
-        torch.device(device)
-        if device is not None
-        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    )
+    dev = resolve_device(device)
     if dev.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return dev, torch.autocast("cuda", dtype=dtype)

@@ -38,6 +38,7 @@ from models.release import (
     released_factors,
     released_profiles,
 )
+from models.smore import DetailSettings, blend_detail, detail_volume
 from models.trust import back_project, consistency_psnr, contrast_matched_back_projection
 
 
@@ -56,6 +57,7 @@ class IQTEngine:
         threads: int | None = None,
         consistency_correction: bool = False,
         family: str = MODEL_NAME,
+        detail: DetailSettings | None = None,
     ) -> None:
         if not networks:
             raise ValueError("IQTEngine needs at least one network")
@@ -73,6 +75,8 @@ class IQTEngine:
         self.device = device
         self.threads = threads
         self.consistency_correction = consistency_correction
+        # How the per-series detail network trains, where a file asks for it (detail_weight).
+        self.detail = detail or DetailSettings()
         self.file_names = {k: file_name(k, version, family) for k in self.networks}
         self.profiles = tuple(
             sorted({p for net in self.networks.values() for p in getattr(net, "profiles", ())})
@@ -199,6 +203,16 @@ class IQTEngine:
                 gain_sigma_mm=gain_sigma,
                 spacing_mm=spacing,
             )
+        # Per-series through-plane detail (models/smore.py), blended with the weight tuned for
+        # this file (0: off, releases before 0.8).
+        detail_weight = float(getattr(network, "detail_weight", 0.0))
+        detail_stats: dict[str, float] = {}
+        if detail_weight > 0.0:
+            detail, detail_stats = detail_volume(
+                x, factor, slice_thickness_ratio, spacing, self.detail, self.threads, self.device
+            )
+            thin = (spacing[0] / factor, spacing[1], spacing[2])
+            pred = blend_detail(pred, detail, detail_weight, thin)
         np.maximum(pred, 0.0, out=pred)
         score = consistency_psnr(pred, x, factor, slice_thickness_ratio)
         notes: dict[str, object] = {
@@ -212,7 +226,15 @@ class IQTEngine:
             "consistency_gain_sigma_mm": gain_sigma,
             "tile": [tiles.slices, tiles.rows, tiles.cols],
             "flip_ensemble": flips,
+            "detail_weight": detail_weight,
         }
+        if detail_stats:
+            notes["detail_training"] = {
+                "steps": int(detail_stats["steps"]),
+                "pairs": int(detail_stats["pairs"]),
+                "loss_first": round(detail_stats["loss_first"], 6),
+                "loss_last": round(detail_stats["loss_last"], 6),
+            }
         if self.profiles:
             notes["trained_profiles"] = list(self.profiles)
         if abs(slice_thickness_ratio - 1.0) > 0.05:

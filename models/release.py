@@ -178,6 +178,8 @@ def load_weights(path: Path, expected_sha256: str | None) -> AnisoUNet:
     model.consistency_gain_sigma_mm = float(info.get("consistency_gain_sigma_mm", 0.0))
     # and how many mirrored copies of the input its prediction averages (1: releases before 0.6).
     model.flip_ensemble = int(info.get("flip_ensemble", 1))
+    # and the weight of the per-series through-plane detail blended in (0: releases before 0.8).
+    model.detail_weight = float(info.get("detail_weight", 0.0))
     # The profiles a contrast-agnostic file was trained for (empty for iqt-t1 files).
     model.profiles = tuple(str(p) for p in info.get("profiles", ()))
     return model.eval()
@@ -211,6 +213,7 @@ def release_run(
     name: str = MODEL_NAME,
     flip_ensemble: int = 1,
     weights: str = "final",
+    detail_weight: float = 0.0,
 ) -> Path:
     """Turn a training run (``model.pt``) into a released file + card; ``earlier_stages`` are
     the runs it was fine-tuned from, whose time and steps count towards the total.
@@ -261,6 +264,8 @@ def release_run(
         metadata["consistency_gain_sigma_mm"] = consistency_gain_sigma_mm
     if flip_ensemble > 1:
         metadata["flip_ensemble"] = flip_ensemble
+    if detail_weight:
+        metadata["detail_weight"] = detail_weight
     sha = save_weights(model, path, metadata)
     manifest = read_manifest(out_dir)
     inherited: dict = {"stages": [], "training_seconds": 0, "steps": 0}
@@ -311,6 +316,8 @@ def release_run(
         manifest["models"][path.name]["consistency_gain_sigma_mm"] = consistency_gain_sigma_mm
     if flip_ensemble > 1:
         manifest["models"][path.name]["flip_ensemble"] = flip_ensemble
+    if detail_weight:
+        manifest["models"][path.name]["detail_weight"] = detail_weight
     manifest["models"][path.name]["weights"] = weights
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     card = model_card(
@@ -414,6 +421,16 @@ def _flip_ensemble(entry: dict) -> str:
     )
 
 
+def _detail(entry: dict) -> str:
+    weight = float(entry.get("detail_weight", 0.0))
+    if weight <= 0.0:
+        return "off"
+    return (
+        f"blended with weight {weight:g}: through-plane detail learnt from each series' own "
+        "in-plane slices (models/smore.py; recorded in the file), about 2 CPU-minutes a series"
+    )
+
+
 def release_again(
     source_version: str,
     version: str,
@@ -424,6 +441,7 @@ def release_again(
     consistency_weight: float | None = None,
     consistency_gain_sigma_mm: float | None = None,
     card_extra: str = "",
+    detail_weight: float | None = None,
 ) -> list[Path]:
     """Release the unchanged weights of ``source_version`` as ``version`` with other inference
     settings (flip ensemble, back-projection); every factor of that release, with cards.
@@ -455,6 +473,8 @@ def release_again(
             changes["consistency_weight"] = consistency_weight
         if consistency_gain_sigma_mm is not None:
             changes["consistency_gain_sigma_mm"] = consistency_gain_sigma_mm
+        if detail_weight is not None:
+            changes["detail_weight"] = detail_weight
         metadata.update(changes)
         path = out_dir / file_name(factor, version, name)
         sha = save_weights(network, path, metadata)
@@ -614,6 +634,7 @@ def model_card(entry: dict, path: Path, history: dict, hardware: str, extra: str
 | inference tile | {entry.get("tile", "default (models.infer.TileSettings)")} |
 | back-projection | {_back_projection(entry)} |
 | flip ensemble | {_flip_ensemble(entry)} |
+| per-series detail | {_detail(entry)} |
 | weights released | {kept} |
 | training time | {entry["training_seconds"] / 60:.0f} min wall clock, {cpu_hours:.1f} CPU-hours |
 | hardware | {hw} |
@@ -656,6 +677,13 @@ def main() -> None:
         help="contrast-matched back-projection weight, tuned on training brains "
         "(bench/bench_quality.py --consistency-weight); 0 when not given, or with --again the "
         "source's",
+    )
+    parser.add_argument(
+        "--detail-weight",
+        type=float,
+        default=None,
+        help="blend in through-plane detail learnt from each series' own slices with this "
+        "weight (models/smore.py; bench_quality.py --detail-weight); 0 when not given",
     )
     parser.add_argument(
         "--consistency-gain-sigma-mm",
@@ -740,6 +768,7 @@ def main() -> None:
             consistency_weight=args.consistency_weight,
             consistency_gain_sigma_mm=args.consistency_gain_sigma_mm,
             card_extra=extra,
+            detail_weight=args.detail_weight,
         ):
             print(path, sha256_file(path))
         return
@@ -759,6 +788,7 @@ def main() -> None:
         name=args.name,
         flip_ensemble=args.flip_ensemble or 1,
         weights=args.weights,
+        detail_weight=args.detail_weight or 0.0,
     )
     print(path, sha256_file(path))
 

@@ -22,6 +22,7 @@ from models.release import (
     sha256_file,
     weights_dir,
 )
+from models.smore import DetailSettings
 
 
 def _tiny_release(directory: Path, factors: tuple[int, ...] = (4, 8)) -> None:
@@ -226,11 +227,14 @@ def test_release_again_keeps_the_weights_and_changes_only_inference(
     card_path = source.with_suffix(".md")  # a run with validation figures, as real ones have
     card_path.write_text(card_path.read_text().replace("final nan dB", "final 20.33 dB", 1))
     card_path.write_text(card_path.read_text().replace("\nnan dB (PSNR", "\n17.87 dB (PSNR", 1))
-    (again,) = release_again("1.0.0", "1.0.1", out, flip_ensemble=4, consistency_weight=0.5)
+    (again,) = release_again(
+        "1.0.0", "1.0.1", out, flip_ensemble=4, consistency_weight=0.5, detail_weight=0.3
+    )
     manifest = read_manifest(out)["models"]
     old, new = manifest[source.name], manifest[again.name]
     assert new["version"] == "1.0.1" and new["released_from"] == "1.0.0"
     assert new["flip_ensemble"] == 4 and new["consistency_weight"] == 0.5
+    assert new["detail_weight"] == 0.3 and "detail_weight" not in old
     assert new["sha256"] == sha256_file(again) != old["sha256"]
     assert (new["steps"], new["training_seconds"], new["config"]) == (
         old["steps"],
@@ -240,14 +244,18 @@ def test_release_again_keeps_the_weights_and_changes_only_inference(
     a, b = load_weights(source, old["sha256"]), load_weights(again, new["sha256"])
     for key, value in a.state_dict().items():
         assert torch.equal(value, b.state_dict()[key])
-    assert (b.flip_ensemble, b.consistency_weight) == (4, 0.5)
-    assert a.flip_ensemble == 1
+    assert (b.flip_ensemble, b.consistency_weight, b.detail_weight) == (4, 0.5, 0.3)
+    assert (a.flip_ensemble, a.detail_weight) == (1, 0.0)
     card = again.with_suffix(".md").read_text()
     assert "mean of 4 mirrored predictions" in card and old["sha256"] in card
+    assert "blended with weight 0.3" in card
     assert "test-cpu" in card and "final 20.33 dB vs linear interpolation\n17.87 dB" in card
-    engine = IQTEngine.from_release(out)  # the newest: the re-release
+    # the newest: the re-release; a short per-series detail fit keeps the test quick
+    engine = IQTEngine.from_release(out, detail=DetailSettings(max_steps=3, patch=16))
     assert engine.info.version == "1.0.1"
     vol = np.random.default_rng(0).random((6, 40, 36)).astype(np.float32) * 500.0
-    assert engine.upsample(vol, 4).notes["flip_ensemble"] == 4
+    notes = engine.upsample(vol, 4).notes
+    assert notes["flip_ensemble"] == 4 and notes["detail_weight"] == 0.3
+    assert notes["detail_training"]["steps"] == 3  # type: ignore[index]
     with pytest.raises(FileNotFoundError, match="no released"):
         release_again("9.9.9", "9.9.10", out)
