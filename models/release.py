@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # torch loads only where weights are read or written: the reg
 MODEL_NAME = "iqt-t1"
 MC_MODEL_NAME = "iqt-mc"
 """The contrast-agnostic networks: one file per factor serving every profile it lists."""
-VERSION = "0.7.0"
+VERSION = "0.8.0"
 FIRST_VERSION = "0.1.0"
 DEFAULT_NORMALISATION = "head-p99"
 """What a weights file without ``input_normalisation`` metadata was trained with (0.1.0)."""
@@ -427,7 +427,7 @@ def _detail(entry: dict) -> str:
         return "off"
     return (
         f"blended with weight {weight:g}: through-plane detail learnt from each series' own "
-        "in-plane slices (models/smore.py; recorded in the file), about 2 CPU-minutes a series"
+        "in-plane slices (models/smore.py; recorded in the file), 1-3 CPU-minutes a series"
     )
 
 
@@ -465,7 +465,8 @@ def release_again(
         with safe_open(str(out_dir / source_file), framework="pt") as f:
             metadata = json.loads((f.metadata() or {})["iqt"])
         metadata.pop("config", None)
-        entry = {k: v for k, v in source.items() if k != "file"}
+        # Held-out figures belong to the settings they were measured with: not carried over.
+        entry = {k: v for k, v in source.items() if k not in ("file", "metrics")}
         changes: dict[str, object] = {"version": version}
         if flip_ensemble is not None:
             changes["flip_ensemble"] = flip_ensemble

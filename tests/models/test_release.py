@@ -227,6 +227,9 @@ def test_release_again_keeps_the_weights_and_changes_only_inference(
     card_path = source.with_suffix(".md")  # a run with validation figures, as real ones have
     card_path.write_text(card_path.read_text().replace("final nan dB", "final 20.33 dB", 1))
     card_path.write_text(card_path.read_text().replace("\nnan dB (PSNR", "\n17.87 dB (PSNR", 1))
+    manifest = read_manifest(out)
+    manifest["models"][source.name]["metrics"] = {"mean_psnr_gain_db": 1.0}
+    (out / "manifest.json").write_text(json.dumps(manifest))
     (again,) = release_again(
         "1.0.0", "1.0.1", out, flip_ensemble=4, consistency_weight=0.5, detail_weight=0.3
     )
@@ -235,6 +238,7 @@ def test_release_again_keeps_the_weights_and_changes_only_inference(
     assert new["version"] == "1.0.1" and new["released_from"] == "1.0.0"
     assert new["flip_ensemble"] == 4 and new["consistency_weight"] == 0.5
     assert new["detail_weight"] == 0.3 and "detail_weight" not in old
+    assert "metrics" in old and "metrics" not in new  # measured with the old settings
     assert new["sha256"] == sha256_file(again) != old["sha256"]
     assert (new["steps"], new["training_seconds"], new["config"]) == (
         old["steps"],
