@@ -37,14 +37,14 @@ template brain, models/EVALUATION.md)."""
 
 @dataclass(frozen=True)
 class DetailSettings:
-    """How the per-series network is trained: ``epochs`` passes over the series' own slices,
-    between ``min_steps`` and ``max_steps`` steps (about 2 minutes on one CPU thread for a
-    256x256x30 series, seconds for a small one). The network is small because it sees one
-    series' slices only."""
+    """How the per-series network is trained: ``max_steps`` steps (what the release weight
+    was tuned with; 1-3 minutes on one CPU thread for a whole head), fewer for a series so small
+    that ``epochs`` passes over its slices take fewer, never below ``min_steps``. The network
+    is small because it sees one series' slices only."""
 
     max_steps: int = 900
     min_steps: int = 20
-    epochs: float = 4.0
+    epochs: float = 16.0
     patch: int = 48
     batch: int = 8
     channels: int = 24
