@@ -34,7 +34,7 @@ def run_demo(workdir: Path, *extra: str) -> subprocess.CompletedProcess:
         + list(extra),
         capture_output=True,
         text=True,
-        timeout=480,  # the per-series detail network trains for up to 900 steps
+        timeout=240,
     )
 
 
