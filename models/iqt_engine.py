@@ -204,15 +204,26 @@ class IQTEngine:
                 spacing_mm=spacing,
             )
         # Per-series through-plane detail (models/smore.py), blended with the weight tuned for
-        # this file (0: off, releases before 0.8).
+        # this file (0: off; no release turns it on, models/EVALUATION.md).
         detail_weight = float(getattr(network, "detail_weight", 0.0))
         detail_stats: dict[str, float] = {}
+        detail_skipped = ""
         if detail_weight > 0.0:
-            detail, detail_stats = detail_volume(
-                x, factor, slice_thickness_ratio, spacing, self.detail, self.threads, self.device
-            )
-            thin = (spacing[0] / factor, spacing[1], spacing[2])
-            pred = blend_detail(pred, detail, detail_weight, thin)
+            try:
+                detail, detail_stats = detail_volume(
+                    x,
+                    factor,
+                    slice_thickness_ratio,
+                    spacing,
+                    self.detail,
+                    self.threads,
+                    self.device,
+                )
+            except ValueError as exc:  # nothing to learn from: the prediction alone is sound
+                detail_skipped = str(exc)
+            else:
+                thin = (spacing[0] / factor, spacing[1], spacing[2])
+                pred = blend_detail(pred, detail, detail_weight, thin)
         np.maximum(pred, 0.0, out=pred)
         score = consistency_psnr(pred, x, factor, slice_thickness_ratio)
         notes: dict[str, object] = {
@@ -235,6 +246,8 @@ class IQTEngine:
                 "loss_first": round(detail_stats["loss_first"], 6),
                 "loss_last": round(detail_stats["loss_last"], 6),
             }
+        if detail_skipped:
+            notes["detail_skipped"] = detail_skipped
         if self.profiles:
             notes["trained_profiles"] = list(self.profiles)
         if abs(slice_thickness_ratio - 1.0) > 0.05:

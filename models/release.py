@@ -178,7 +178,7 @@ def load_weights(path: Path, expected_sha256: str | None) -> AnisoUNet:
     model.consistency_gain_sigma_mm = float(info.get("consistency_gain_sigma_mm", 0.0))
     # and how many mirrored copies of the input its prediction averages (1: releases before 0.6).
     model.flip_ensemble = int(info.get("flip_ensemble", 1))
-    # and the weight of the per-series through-plane detail blended in (0: releases before 0.8).
+    # and the weight of the per-series through-plane detail blended in (0: off, every release).
     model.detail_weight = float(info.get("detail_weight", 0.0))
     # The profiles a contrast-agnostic file was trained for (empty for iqt-t1 files).
     model.profiles = tuple(str(p) for p in info.get("profiles", ()))

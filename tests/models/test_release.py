@@ -261,5 +261,9 @@ def test_release_again_keeps_the_weights_and_changes_only_inference(
     notes = engine.upsample(vol, 4).notes
     assert notes["flip_ensemble"] == 4 and notes["detail_weight"] == 0.3
     assert notes["detail_training"]["steps"] == 3  # type: ignore[index]
+    # a series with no head in it has nothing to learn detail from: the prediction alone runs
+    empty = engine.upsample(np.zeros((6, 40, 36), np.float32), 4)
+    assert "no in-plane slice" in str(empty.notes["detail_skipped"])
+    assert "detail_training" not in empty.notes and empty.volume.shape == (24, 40, 36)
     with pytest.raises(FileNotFoundError, match="no released"):
         release_again("9.9.9", "9.9.10", out)
