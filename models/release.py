@@ -427,7 +427,8 @@ def _detail(entry: dict) -> str:
         return "off"
     return (
         f"blended with weight {weight:g}: through-plane detail learnt from each series' own "
-        "in-plane slices (models/smore.py; recorded in the file), 1-3 CPU-minutes a series"
+        "in-plane slices (models/smore.py; recorded in the file), 2-4 CPU-minutes a whole-head "
+        "series on one thread"
     )
 
 

@@ -15,7 +15,7 @@ with ``detail_weight``.
 Measured (``models/EVALUATION.md``, session 14): on the template brain, an average of many heads,
 it alone gains +1.05 dB of resolution-only PSNR at k = 4; on a single real head nothing
 measurable, and blended at 0.3 into 0.7.0's output about +0.05 dB PSNR on the held-out
-hemisphere at about five times the engine's CPU time. So no release turns it on; it stays for
+hemisphere at four to six times the engine's CPU time. So no release turns it on; it stays for
 GPU nodes and for a better per-series model.
 
 Deterministic: fixed seeds and a fixed number of steps, so the same series gives the same
@@ -46,7 +46,7 @@ template brain, models/EVALUATION.md)."""
 @dataclass(frozen=True)
 class DetailSettings:
     """How the per-series network is trained: ``max_steps`` steps (what the candidate's weight
-    was tuned with; 1-3 minutes on one CPU thread for a whole head), fewer for a series so small
+    was tuned with; 2-4 minutes on one CPU thread for a whole head), fewer for a series so small
     that ``epochs`` passes over its slices take fewer, never below ``min_steps``. The network
     is small because it sees one series' slices only."""
 
