@@ -36,7 +36,8 @@ from models.infer import resolve_device
 from models.simulate import FWHM_TO_SIGMA
 
 HEAD_FRACTION = 0.1
-"""Share of the robust scale above which a pixel counts as head when choosing patches."""
+"""Share of the series' 99th percentile (``head_scale``) above which a pixel counts as head, for
+the noise estimate, the slices worth learning from and the patches' centres."""
 GAIN_SIGMA_MM = 15.0
 """Width of the smooth gain matched between the detail volume and the prediction: wide
 enough to leave anatomy alone, narrow enough to follow a receive coil's shading (chosen on the
@@ -78,14 +79,19 @@ class DetailNet(nn.Module):
         return x + self.body(x)
 
 
-def noise_sigma(volume: np.ndarray) -> float:
+def head_scale(volume: np.ndarray) -> float:
+    """The 99th percentile of the series (1 for an empty one), which ``HEAD_FRACTION`` scales."""
+    return float(np.percentile(volume, 99.0)) or 1.0
+
+
+def noise_sigma(volume: np.ndarray, scale: float | None = None) -> float:
     """Noise standard deviation of the in-plane pixels, from neighbour differences in the head.
 
     The median absolute difference of horizontal neighbours is dominated by noise where the
     anatomy is smooth, which is most of the head; edges are outliers the median ignores.
     """
     v = np.asarray(volume, dtype=np.float32)
-    scale = float(np.percentile(v, 99.0)) or 1.0
+    scale = head_scale(v) if scale is None else scale
     diff = np.diff(v, axis=2)
     inside = (v[:, :, 1:] > HEAD_FRACTION * scale) & (v[:, :, :-1] > HEAD_FRACTION * scale)
     if inside.sum() < 100:
@@ -135,12 +141,13 @@ def training_pairs(
     thickness_ratio: float,
     spacing_mm: tuple[float, float, float],
     rng: np.random.Generator,
+    scale: float | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(degraded, target) pairs from the in-plane slices of ``volume`` (slices, rows, cols),
     each with the degraded axis first, on the thin grid of the enhanced series."""
     thin = spacing_mm[0] / factor
-    sigma = noise_sigma(volume)
-    scale = float(np.percentile(volume, 99.0)) or 1.0
+    scale = head_scale(volume) if scale is None else scale
+    sigma = noise_sigma(volume, scale)
     pairs = []
     for z in range(volume.shape[0]):
         section = volume[z]
@@ -200,23 +207,23 @@ def fit_detail_net(
     rng = np.random.default_rng(settings.seed)
     if threads:
         torch.set_num_threads(threads)
-    pairs = training_pairs(volume, factor, thickness_ratio, spacing_mm, rng)
+    scale = head_scale(volume)
+    pairs = training_pairs(volume, factor, thickness_ratio, spacing_mm, rng, scale)
     if not pairs:
         raise ValueError("no in-plane slice holds enough head to learn through-plane detail from")
     # Seeded without touching the worker's global random state.
     with torch.random.fork_rng():
         torch.manual_seed(settings.seed)
-        return _train(pairs, volume, settings, rng, resolve_device(device))
+        return _train(pairs, HEAD_FRACTION * scale, settings, rng, resolve_device(device))
 
 
 def _train(
     pairs: list[tuple[np.ndarray, np.ndarray]],
-    volume: np.ndarray,
+    threshold: float,
     settings: DetailSettings,
     rng: np.random.Generator,
     device: torch.device,
 ) -> tuple[DetailNet, dict[str, float]]:
-    threshold = HEAD_FRACTION * (float(np.percentile(volume, 99.0)) or 1.0)
     net = DetailNet(settings.channels, settings.layers).to(device)
     optimiser = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
     pixels = sum(x.size for x, _ in pairs)
@@ -227,6 +234,7 @@ def _train(
             settings.max_steps,
         )
     )
+    window = min(50, steps)
     first = last = 0.0
     for step in range(steps):
         x, y = _patches(pairs, settings.patch, settings.batch, threshold, rng)
@@ -235,7 +243,6 @@ def _train(
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-        window = min(50, steps)
         if step < window:
             first += loss.item() / window
         if step >= steps - window:
@@ -306,7 +313,7 @@ def blend_detail(
     """
     if weight <= 0.0:
         return prediction
-    top = float(np.percentile(detail, 99.0)) or 1.0
+    top = head_scale(detail)
     head = detail > 0.3 * top
     if head.sum() < 100:
         return prediction
