@@ -1,8 +1,9 @@
 """Image quality of the product's own path: simulated low-field series in, derived series out.
 
 Run: ``.venv/bin/python bench/bench_quality.py [--quick] [--model default|bspline|NAME]
-[--n4 on|off|both] [--brains a,b] [--out DIR]`` (the protocol, with exact definitions, is in
-``models/EVALUATION.md``). Never part of the test run.
+[--n4 on|off|both] [--brains a,b] [--limits] [--out DIR]`` (the protocol, with exact
+definitions, is in ``models/EVALUATION.md``; ``--limits``: ``bench/quality_limits.py``). Never
+part of the test run.
 
 Each case takes a brain shipped in a PyPI wheel (``models.brains``) as a whole head in patient
 space, simulates a 0.36 T acquisition of it (``pipeline.sample.simulate_acquisition``: the SNR
@@ -40,6 +41,7 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.quality_limits import clean_interpolation, limits  # noqa: E402
 from models import metrics  # noqa: E402
 from models.brains import load_brain  # noqa: E402
 from models.profile import load_profile  # noqa: E402
@@ -168,6 +170,8 @@ class Row:
     cubic: Scores
     seconds: dict[str, float] = field(default_factory=dict)
     readback_max_abs_diff: float = 0.0
+    limits: dict[str, float] = field(default_factory=dict)
+    """``--limits``: where the remaining error lies (``bench/quality_limits.py``)."""
 
     def gain(self, name: str) -> float:
         return float(getattr(self.scores, name) - getattr(self.cubic, name))
@@ -304,6 +308,7 @@ def run_case(
     regions: list[str],
     seed: int,
     want_figure: bool,
+    want_limits: bool = False,
 ) -> tuple[list[Row], Figure | None]:
     profile = load_profile("0.36T")
     snr = profile.snr_mean if case.snr_point == "mean" else profile.tail_snr()
@@ -331,6 +336,7 @@ def run_case(
     grid: sitk.Image | None = None
     cubic_scores: dict[str, Scores] = {}
     cubic_matched: dict[str, np.ndarray] = {}
+    clean: np.ndarray | None = None
     rows: list[Row] = []
     figure: Figure | None = None
     for method in methods:
@@ -350,6 +356,8 @@ def run_case(
             grid = derived
             truth = make_truth(head, acq, sim.gm_scale, grid, regions)
             cubic = _resample(raw, grid, sitk.sitkBSpline)[truth.crop]
+            if want_limits:
+                clean = clean_interpolation(head, acq, grid)[truth.crop]
             for region in regions:
                 cubic_scores[region], cubic_matched[region] = score(
                     cubic, truth, region, result.factor
@@ -360,8 +368,14 @@ def run_case(
         label = f"{result.engine.name} {result.engine.version}, N4 {'on' if method.n4 else 'off'}"
         for key, value in _OVERRIDES.items():
             label += f", {key.replace('_', ' ')} {value:g}"
+        spacing = tuple(float(v) for v in reversed(derived.GetSpacing()))
         for region in regions:
             scores, matched = score(output, truth, region, result.factor)
+            found = (
+                limits(output, clean, truth.target, truth.low_field, truth.regions[region], spacing)
+                if clean is not None
+                else {}
+            )
             rows.append(
                 Row(
                     case=case.key,
@@ -391,6 +405,7 @@ def run_case(
                         **{k: round(v, 1) for k, v in result.timings.items()},
                     },
                     readback_max_abs_diff=readback,
+                    limits=found,
                 )
             )
             if want_figure and figure is None:
@@ -447,6 +462,56 @@ def table(rows: list[Row]) -> str:
             f"{_f(s.slab_edge_pct, 1, True)} ({_f(c.slab_edge_pct, 1, True)}) | "
             f"{_f(s.slab_edge_db, 1, True)} ({_f(c.slab_edge_db, 1, True)}) | "
             f"{_f(s.ripple_pct, 2)} ({_f(c.ripple_pct, 2)}) | {r.seconds.get('pipeline', 0):.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def limits_table(rows: list[Row]) -> str:
+    """``--limits``: per case, then per method, training use and k, where the error lies."""
+    rows = [r for r in rows if r.limits]
+    if not rows:
+        return ""
+    lines = [
+        "| case | region | method | res-only PSNR dB: cubic / clean interpolation / method | "
+        "method minus clean interpolation, res-only dB | PSNR dB: method / clean interpolation "
+        "after the best global intensity map | global intensity map could add dB | "
+        "smooth share of error |",
+        "|" + "---|" * 8,
+    ]
+    for r in rows:
+        lim = r.limits
+        lines.append(
+            f"| {r.case} | {r.region} | {r.method} | {_f(r.cubic.res_psnr)} / "
+            f"{_f(lim['clean_res_psnr'])} / {_f(r.scores.res_psnr)} | "
+            f"{_f(r.scores.res_psnr - lim['clean_res_psnr'], signed=True)} | "
+            f"{_f(r.scores.psnr)} / {_f(lim['clean_psnr'])} | "
+            f"{_f(lim['global_map_db'], signed=True)} | {_f(lim['smooth_error_share'], 2)} |"
+        )
+    lines += [
+        "",
+        "| method | brains | k | cases | clean interpolation over cubic, res-only dB (noise and "
+        "shading) | method over cubic, res-only dB | method minus clean interpolation, res-only "
+        "dB (detail beyond interpolation) | method minus clean interpolation after the best "
+        "global map, PSNR dB | global map could add dB | smooth share |",
+        "|" + "---|" * 10,
+    ]
+    groups: dict[tuple[str, str, int], list[Row]] = {}
+    for r in rows:
+        group = "held out" if r.seen.startswith("held out") else r.seen
+        groups.setdefault((r.method, group, r.factor), []).append(r)
+    for (method, group, k), rs in sorted(groups.items()):
+
+        def mean(values: list[float]) -> float:
+            return float(np.mean(values))
+
+        lines.append(
+            f"| {method} | {group} | {k} | {len(rs)} | "
+            f"{_f(mean([r.limits['clean_res_psnr'] - r.cubic.res_psnr for r in rs]), signed=True)}"
+            f" | {_f(mean([r.gain('res_psnr') for r in rs]), signed=True)} | "
+            f"{_f(mean([r.scores.res_psnr - r.limits['clean_res_psnr'] for r in rs]), signed=True)}"
+            f" | {_f(mean([r.scores.psnr - r.limits['clean_psnr'] for r in rs]), signed=True)} | "
+            f"{_f(mean([r.limits['global_map_db'] for r in rs]), signed=True)} | "
+            f"{_f(mean([r.limits['smooth_error_share'] for r in rs]), 2)} |"
         )
     return "\n".join(lines)
 
@@ -626,6 +691,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help=f"{QUICK_BRAIN}, axial k=4 and k=8, mean SNR, no shading and +-20 %%",
     )
+    parser.add_argument(
+        "--limits",
+        action="store_true",
+        help="also measure where the remaining error lies (bench/quality_limits.py): a "
+        "noise-free, unshaded acquisition interpolated, the ceiling of a global intensity map, "
+        "the smooth share of the error",
+    )
     add_inference_overrides(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="folder for quality.md, quality.json, PNGs")
@@ -662,6 +734,14 @@ def report(
         "",
         *[f"- {t}" for t in timing],
     ]
+    decomposition = limits_table(rows)
+    if decomposition:
+        body[-4:-4] = [
+            "## Where the error lies (--limits; definitions: bench/quality_limits.py)",
+            "",
+            decomposition,
+            "",
+        ]
     if notes:
         body += ["", "## Notes", "", *[f"- {n}" for n in notes]]
     return body, summary_data
@@ -811,7 +891,9 @@ def main(argv: list[str] | None = None) -> None:
                     case = Case(brain_name, geometry, snr_point, shading)
                     want = args.out is not None and geometry.factor not in factors_drawn
                     start = time.perf_counter()
-                    case_rows, figure = run_case(case, head, methods, regions, args.seed, want)
+                    case_rows, figure = run_case(
+                        case, head, methods, regions, args.seed, want, args.limits
+                    )
                     elapsed = time.perf_counter() - start
                     rows.extend(case_rows)
                     if figure is not None and args.out is not None:

@@ -10,6 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from bench.bench_quality import Case, Geometry, Method, error_maps, make_truth, run_case, score
+from bench.quality_limits import smooth_error_share
 from models.brains import load_brain
 from models.metrics import (
     affine_match,
@@ -188,3 +189,41 @@ def test_bench_case_bspline_without_n4_equals_cubic(head, tmp_path):
     assert figure is not None
     error_maps(figure, tmp_path / "errors.png")
     assert (tmp_path / "errors.png").stat().st_size > 1000
+
+
+def test_smooth_error_share_separates_a_slope_from_noise():
+    truth = _anatomy((40, 48, 48))
+    mask = np.zeros(truth.shape, bool)
+    mask[4:-4, 6:-6, 6:-6] = True
+    z = np.linspace(-1, 1, truth.shape[0])[:, None, None]
+    sloped = truth + (0.2 * z).astype(np.float32)
+    noisy = truth + np.random.default_rng(1).normal(0, 0.2, truth.shape).astype(np.float32)
+    assert smooth_error_share(sloped, truth, mask, (1.0, 1.0, 1.0)) > 0.8
+    assert smooth_error_share(noisy, truth, mask, (1.0, 1.0, 1.0)) < 0.05
+
+
+def test_limits_place_cubic_below_clean_interpolation(head):
+    """``--limits`` on cubic itself (the B-spline engine without N4): the noise-free, unshaded
+    interpolation must score above it, cubic cannot have restored detail beyond it, and no
+    global intensity map can make an output worse than the affine match did."""
+    geometry = Geometry("tiny", "axial", AXIAL, 3.0, 12.0, 9.0, 4)
+    shares = {}
+    for shading in (0.0, 0.3):
+        rows, _ = run_case(
+            Case("mni152-2009a", geometry, "tail", shading),
+            head,
+            [Method("bspline", n4=False)],
+            ["whole"],
+            seed=0,
+            want_figure=False,
+            want_limits=True,
+        )
+        (row,) = rows
+        lim = row.limits
+        assert lim["clean_res_psnr"] > row.cubic.res_psnr + 0.05
+        assert row.scores.res_psnr < lim["clean_res_psnr"]
+        assert lim["clean_psnr"] > row.scores.psnr
+        assert lim["global_map_db"] >= -1e-6
+        shares[shading] = lim["smooth_error_share"]
+    # A +-30 % shading left in the image is smooth error.
+    assert shares[0.3] > shares[0.0] + 0.1
