@@ -443,9 +443,14 @@ def release_again(
     consistency_gain_sigma_mm: float | None = None,
     card_extra: str = "",
     detail_weight: float | None = None,
+    factors: tuple[int, ...] | None = None,
 ) -> list[Path]:
     """Release the unchanged weights of ``source_version`` as ``version`` with other inference
-    settings (flip ensemble, back-projection); every factor of that release, with cards.
+    settings (flip ensemble, back-projection), or with none changed; every factor of that
+    release (or ``factors``), with cards.
+
+    ``factors``: a version whose other factor was retrained carries this factor's network over
+    unchanged, since the engine loads one version for all its factors.
 
     Why a new version rather than an edit: a released file's bytes, and so its sha256 in the
     registry and in every derived series' provenance, must never change under a name; the
@@ -458,6 +463,8 @@ def release_again(
     manifest = read_manifest(out_dir)
     written = []
     for factor in released_factors(out_dir, name):
+        if factors is not None and factor not in factors:
+            continue
         try:
             source_file, source = released_entry(factor, out_dir, source_version, name)
         except (KeyError, FileNotFoundError):
@@ -489,13 +496,23 @@ def release_again(
         manifest["models"][path.name] = entry
         old_card = (out_dir / source_file).with_suffix(".md")
         history, hardware = _card_history(old_card.read_text() if old_card.exists() else "")
+        settings = ", ".join(f"{k} {v}" for k, v in changes.items() if k != "version")
         note = (
-            f"## Release {version}: the weights of {source_version}, other inference settings\n\n"
-            f"The network's weights are exactly those of `{source_file}` (sha256 "
-            f"`{source['sha256']}`); only the inference settings recorded in the file differ: "
-            + ", ".join(f"{k} {v}" for k, v in changes.items() if k != "version")
-            + ". Training history, data and time are the source's."
-        )
+            (
+                f"## Release {version}: the weights of {source_version}, other inference "
+                f"settings\n\nThe network's weights are exactly those of `{source_file}` (sha256 "
+                f"`{source['sha256']}`); only the inference settings recorded in the file differ: "
+                f"{settings}."
+            )
+            if settings
+            else (
+                f"## Release {version}: the network of {source_version}, unchanged\n\n"
+                f"The network's weights and inference settings are exactly those of "
+                f"`{source_file}` (sha256 `{source['sha256']}`); only the version recorded in "
+                "the file differs, carried over because another factor of this version changed."
+            )
+        ) + " Training history, data and time are the source's."
+
         card = model_card(entry, path, history, hardware, "\n\n".join([note, card_extra]))
         path.with_suffix(".md").write_text(card)
         written.append(path)
@@ -711,6 +728,13 @@ def main() -> None:
         "inference settings (run_dir is then not read: pass -)",
     )
     parser.add_argument(
+        "--factors",
+        type=int,
+        nargs="+",
+        help="with --again: only these factors (a version whose other factor was retrained "
+        "carries this one over unchanged)",
+    )
+    parser.add_argument(
         "--record-metrics",
         metavar="QUALITY_JSON",
         type=Path,
@@ -771,6 +795,7 @@ def main() -> None:
             consistency_gain_sigma_mm=args.consistency_gain_sigma_mm,
             card_extra=extra,
             detail_weight=args.detail_weight,
+            factors=tuple(args.factors) if args.factors else None,
         ):
             print(path, sha256_file(path))
         return

@@ -267,3 +267,39 @@ def test_release_again_keeps_the_weights_and_changes_only_inference(
     assert "detail_training" not in empty.notes and empty.volume.shape == (24, 40, 36)
     with pytest.raises(FileNotFoundError, match="no released"):
         release_again("9.9.9", "9.9.10", out)
+
+
+def test_release_again_carries_one_factor_into_a_version_whose_other_factor_changed(
+    tmp_path: Path,
+    phantom_brain,  # type: ignore[no-untyped-def]
+) -> None:
+    """The engine loads one version for all factors, so a version that retrains only k = 8
+    carries k = 4's network over unchanged (``--again OLD --factors 4``)."""
+    from models.release import load_weights, release_again, release_run
+    from models.train import DataConfig, OptimConfig, TrainConfig, train
+
+    out = tmp_path / "weights"
+    for k, version in ((4, "1.0.0"), (8, "1.0.0"), (8, "1.1.0")):
+        cfg = TrainConfig(
+            model=UNetConfig(factor=k, base_filters=2, residual_input=True),
+            data=DataConfig(train_brains=[], val_brains=[], draws_per_brain=1, patches_per_draw=8),
+            train=OptimConfig(steps=2, batch_size=2, warmup_steps=1),
+        )
+        run = tmp_path / f"run-{k}-{version}"
+        train(cfg, run, brains=[phantom_brain], val=(torch.empty(0), torch.empty(0)))
+        release_run(run, out, "", "test-cpu", version=version)
+    with pytest.raises(ValueError, match="different versions"):
+        IQTEngine.from_release(out)
+    (carried,) = release_again("1.0.0", "1.1.0", out, factors=(4,))
+    manifest = read_manifest(out)["models"]
+    new, old = manifest[carried.name], manifest["iqt-t1-1.0.0-k4.safetensors"]
+    assert new["factor"] == 4 and new["released_from"] == "1.0.0"
+    assert new.get("consistency_weight", 0.0) == old.get("consistency_weight", 0.0)
+    assert "iqt-t1-1.1.0-k8.safetensors" in manifest  # the retrained factor is left alone
+    a = load_weights(out / "iqt-t1-1.0.0-k4.safetensors", old["sha256"])
+    b = load_weights(carried, new["sha256"])
+    for key, value in a.state_dict().items():
+        assert torch.equal(value, b.state_dict()[key])
+    assert "unchanged" in carried.with_suffix(".md").read_text()
+    engine = IQTEngine.from_release(out)
+    assert engine.info.version == "1.1.0" and engine.supported_factors == (4, 8)
