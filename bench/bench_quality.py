@@ -736,7 +736,8 @@ def report(
     ]
     decomposition = limits_table(rows)
     if decomposition:
-        body[-4:-4] = [
+        timing_at = body.index("## Timing")
+        body[timing_at:timing_at] = [
             "## Where the error lies (--limits; definitions: bench/quality_limits.py)",
             "",
             decomposition,

@@ -512,7 +512,6 @@ def release_again(
                 "the file differs, carried over because another factor of this version changed."
             )
         ) + " Training history, data and time are the source's."
-
         card = model_card(entry, path, history, hardware, "\n\n".join([note, card_extra]))
         path.with_suffix(".md").write_text(card)
         written.append(path)

@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from bench.bench_quality import Case, Geometry, Method, error_maps, make_truth, run_case, score
+from bench.bench_quality import (
+    Case,
+    Geometry,
+    Method,
+    error_maps,
+    make_truth,
+    report,
+    run_case,
+    score,
+)
 from bench.quality_limits import smooth_error_share
 from models.brains import load_brain
 from models.metrics import (
@@ -208,6 +217,7 @@ def test_limits_place_cubic_below_clean_interpolation(head):
     global intensity map can make an output worse than the affine match did."""
     geometry = Geometry("tiny", "axial", AXIAL, 3.0, 12.0, 9.0, 4)
     shares = {}
+    all_rows = []
     for shading in (0.0, 0.3):
         rows, _ = run_case(
             Case("mni152-2009a", geometry, "tail", shading),
@@ -219,6 +229,7 @@ def test_limits_place_cubic_below_clean_interpolation(head):
             want_limits=True,
         )
         (row,) = rows
+        all_rows.append(row)
         lim = row.limits
         assert lim["clean_res_psnr"] > row.cubic.res_psnr + 0.05
         assert row.scores.res_psnr < lim["clean_res_psnr"]
@@ -227,3 +238,10 @@ def test_limits_place_cubic_below_clean_interpolation(head):
         shares[shading] = lim["smooth_error_share"]
     # A +-30 % shading left in the image is smooth error.
     assert shares[0.3] > shares[0.0] + 0.1
+    # The report puts the decomposition between the summary and the timing, however many cases.
+    body, _ = report(all_rows, ["case 1", "case 2", "case 3"], [], done=True)
+    headings = [line for line in body if line.startswith("## ")]
+    assert headings[-2:] == [
+        "## Where the error lies (--limits; definitions: bench/quality_limits.py)",
+        "## Timing",
+    ]
