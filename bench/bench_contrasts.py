@@ -106,6 +106,7 @@ from bench.bench_quality import (  # noqa: E402
     regions_for,
     score,
     seen_label,
+    training_group,
 )
 from dicomnode.receive.profile_rules import pick_profile  # noqa: E402
 from models import metrics  # noqa: E402
@@ -458,7 +459,7 @@ def table(rows: list[Row]) -> str:
 
 
 def _group(r: Row) -> str:
-    return "held out" if r.seen.startswith("held out") else r.seen
+    return training_group(r.seen)
 
 
 def summary(rows: list[Row]) -> tuple[list[str], list[dict[str, object]]]:

@@ -282,6 +282,11 @@ def regions_for(brain: str, choice: str) -> list[str]:
     return [choice]
 
 
+def training_group(seen: str) -> str:
+    """The summaries' group of a row's training-use label: every held-out region is one."""
+    return "held out" if seen.startswith("held out") else seen
+
+
 def seen_label(brain: str, region: str) -> str:
     if brain in HELD_OUT_REGION and region == HELD_OUT_REGION[brain]:
         return f"held out ({region} hemisphere)"
@@ -372,9 +377,7 @@ def run_case(
         for region in regions:
             scores, matched = score(output, truth, region, result.factor)
             found = (
-                limits(output, clean, truth.target, truth.low_field, truth.regions[region], spacing)
-                if clean is not None
-                else {}
+                limits(output, matched, clean, truth, region, spacing) if clean is not None else {}
             )
             rows.append(
                 Row(
@@ -497,22 +500,21 @@ def limits_table(rows: list[Row]) -> str:
     ]
     groups: dict[tuple[str, str, int], list[Row]] = {}
     for r in rows:
-        group = "held out" if r.seen.startswith("held out") else r.seen
-        groups.setdefault((r.method, group, r.factor), []).append(r)
+        groups.setdefault((r.method, training_group(r.seen), r.factor), []).append(r)
     for (method, group, k), rs in sorted(groups.items()):
-
-        def mean(values: list[float]) -> float:
-            return float(np.mean(values))
-
-        lines.append(
-            f"| {method} | {group} | {k} | {len(rs)} | "
-            f"{_f(mean([r.limits['clean_res_psnr'] - r.cubic.res_psnr for r in rs]), signed=True)}"
-            f" | {_f(mean([r.gain('res_psnr') for r in rs]), signed=True)} | "
-            f"{_f(mean([r.scores.res_psnr - r.limits['clean_res_psnr'] for r in rs]), signed=True)}"
-            f" | {_f(mean([r.scores.psnr - r.limits['clean_psnr'] for r in rs]), signed=True)} | "
-            f"{_f(mean([r.limits['global_map_db'] for r in rs]), signed=True)} | "
-            f"{_f(mean([r.limits['smooth_error_share'] for r in rs]), 2)} |"
-        )
+        per_row = [
+            (
+                r.limits["clean_res_psnr"] - r.cubic.res_psnr,
+                r.gain("res_psnr"),
+                r.scores.res_psnr - r.limits["clean_res_psnr"],
+                r.scores.psnr - r.limits["clean_psnr"],
+                r.limits["global_map_db"],
+            )
+            for r in rs
+        ]
+        gains = " | ".join(_f(v, signed=True) for v in np.mean(per_row, axis=0))
+        share = _f(float(np.mean([r.limits["smooth_error_share"] for r in rs])), 2)
+        lines.append(f"| {method} | {group} | {k} | {len(rs)} | {gains} | {share} |")
     return "\n".join(lines)
 
 
@@ -520,8 +522,7 @@ def summary(rows: list[Row]) -> tuple[str, list[dict[str, object]]]:
     """Per method and training use: mean gains per k, worst case, beats-cubic fractions."""
     groups: dict[tuple[str, str], list[Row]] = {}
     for r in rows:
-        group = "held out" if r.seen.startswith("held out") else r.seen
-        groups.setdefault((r.method, group), []).append(r)
+        groups.setdefault((r.method, training_group(r.seen)), []).append(r)
     lines = [
         "| method | brains | cases | mean gain dB k=4 | mean gain dB k=8 | SSIM gain k=4 / k=8 | "
         "res-only gain dB k=4 / k=8 | worst PSNR gain (case) | beats cubic PSNR | SSIM | both | "

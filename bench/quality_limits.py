@@ -27,6 +27,7 @@ than argued:
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
@@ -35,6 +36,9 @@ from scipy import ndimage
 from models import metrics
 from pipeline.sample import Acquisition, Head, build_series, simulate_acquisition
 from pipeline.volume import read_volume
+
+if TYPE_CHECKING:  # bench_quality imports this module
+    from bench.bench_quality import Truth
 
 NOISE_FREE_SNR_FACTOR = 1e6
 """Both SNRs are multiplied by this: sigma falls to 1e-6 of its value, the contrast (their
@@ -72,16 +76,17 @@ def smooth_error_share(
 
 def limits(
     output: np.ndarray,
+    matched: np.ndarray,
     clean: np.ndarray,
-    target: np.ndarray,
-    low_field: np.ndarray,
-    mask: np.ndarray,
+    truth: Truth,
+    region: str,
     spacing_mm: tuple[float, ...],
 ) -> dict[str, float]:
-    """The figures of the module docstring for one output in one region (arrays cropped alike;
-    ``spacing_mm`` in array-axis order)."""
+    """The figures of the module docstring for one output in one region: ``matched`` is the
+    output after the scoring's affine match (``bench_quality.score``), all arrays cropped like
+    ``truth``; ``spacing_mm`` in array-axis order."""
+    target, low_field, mask = truth.target, truth.low_field, truth.regions[region]
     peak = float(target[mask].max())
-    affine, _, _ = metrics.affine_match(output, target, mask)
     best_map = metrics.polynomial_match(output, target, mask)
     return {
         "clean_res_psnr": metrics.psnr_in_mask(
@@ -91,6 +96,6 @@ def limits(
             metrics.polynomial_match(clean, target, mask), target, mask, peak
         ),
         "global_map_db": metrics.psnr_in_mask(best_map, target, mask, peak)
-        - metrics.psnr_in_mask(affine, target, mask, peak),
-        "smooth_error_share": smooth_error_share(affine, target, mask, spacing_mm),
+        - metrics.psnr_in_mask(matched, target, mask, peak),
+        "smooth_error_share": smooth_error_share(matched, target, mask, spacing_mm),
     }
