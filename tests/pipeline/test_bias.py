@@ -37,10 +37,12 @@ from bench.bench_n4 import (
     Case,
     make_case,
     neutrality,
+    own_field,
     removed_fraction,
     shading,
 )
-from models.brains import load_brain
+from models.brains import Brain, load_brain
+from models.simulate import TissueMaps
 from pipeline.bias import control_points, correct_bias, shrink_factors
 from pipeline.mask import head_mask
 from pipeline.settings import N4Settings
@@ -257,3 +259,34 @@ def test_tissue_fit_settings_keep_the_digest_of_existing_configurations():
     assert "method" not in dumped and not any(k.startswith("tissue_") for k in dumped)
     assert TISSUE_FIT.model_dump()["method"] == "tissue-fit"
     assert N4Settings.model_validate(TISSUE_FIT.model_dump()) == TISSUE_FIT
+
+
+def _ellipsoid_brain(centre_drop: float) -> Brain:
+    """A 2 mm ellipsoid brain of flat white matter in a grey rim, with a radial field
+    ``exp(-centre_drop * r^2)`` (r = 1 at the white matter's edge) applied to its T1."""
+    z, y, x = np.meshgrid(*(np.arange(n) - (n - 1) / 2 for n in (60, 80, 70)), indexing="ij")
+    r = np.sqrt((x / 30) ** 2 + (y / 36) ** 2 + (z / 26) ** 2)
+    white = (r < 0.85).astype(np.float32)
+    grey = ((r >= 0.85) & (r < 1.0)).astype(np.float32)
+    t1 = (1000.0 * white + 800.0 * grey) * np.exp(-centre_drop * (r / 0.85) ** 2)
+    return Brain(
+        name="ellipsoid",
+        t1=t1.astype(np.float32),
+        brain_mask=r < 1.0,
+        tissue=TissueMaps(grey, white, np.zeros_like(grey)),
+        voxel_mm=2.0,
+    )
+
+
+def test_own_field_is_flat_on_flat_white_matter():
+    whole, white, squares = own_field(_ellipsoid_brain(0.0), 2)
+    assert whole < 0.01 and white < 0.01, (whole, white)
+    assert np.all(np.abs(squares) < 0.01), squares
+
+
+def test_own_field_reads_a_centre_bright_field_back():
+    """A 15 % drop from centre to the white matter's edge: each axis' curvature comes back
+    negative, close to the log drop (-0.16) once the one-voxel erosion is allowed for."""
+    whole, white, squares = own_field(_ellipsoid_brain(0.16), 2)
+    assert np.all(squares < -0.1) and np.all(squares > -0.2), squares
+    assert white > 0.05 and whole > white, (whole, white)
