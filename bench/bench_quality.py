@@ -306,6 +306,31 @@ class Figure:
     method_label: str
 
 
+def case_shading(case: Case, seed: int) -> Shading | None:
+    """The case's coil shading (one draw per brain and seed, whatever the geometry)."""
+    if case.shading <= 0:
+        return None
+    return Shading(case.shading, seed=_seed(seed, case.brain, "shading"))
+
+
+def plan_case(case: Case, head: Head, seed: int) -> Acquisition:
+    """The case's 0.36 T acquisition of ``head``: its geometry, SNR point and shading."""
+    profile = load_profile("0.36T")
+    snr = profile.snr_mean if case.snr_point == "mean" else profile.tail_snr()
+    g = case.geometry
+    return plan_acquisition(
+        head,
+        g.orientation,
+        g.pixel_mm,
+        g.spacing_mm,
+        g.thickness_mm,
+        snr_wm_gm=(float(snr[0]), float(snr[1])),
+        shading=case_shading(case, seed),
+        seed=_seed(seed, case.key),
+        series_description=f"T1 {g.plane.split()[0].upper()} SE",
+    )
+
+
 def run_case(
     case: Case,
     head: Head,
@@ -315,22 +340,8 @@ def run_case(
     want_figure: bool,
     want_limits: bool = False,
 ) -> tuple[list[Row], Figure | None]:
-    profile = load_profile("0.36T")
-    snr = profile.snr_mean if case.snr_point == "mean" else profile.tail_snr()
     g = case.geometry
-    acq = plan_acquisition(
-        head,
-        g.orientation,
-        g.pixel_mm,
-        g.spacing_mm,
-        g.thickness_mm,
-        snr_wm_gm=(float(snr[0]), float(snr[1])),
-        shading=Shading(case.shading, seed=_seed(seed, case.brain, "shading"))
-        if case.shading > 0
-        else None,
-        seed=_seed(seed, case.key),
-        series_description=f"T1 {g.plane.split()[0].upper()} SE",
-    )
+    acq = plan_case(case, head, seed)
     start = time.perf_counter()
     sim = simulate_acquisition(head, acq)
     datasets = build_series(acq, pixels=sim.pixels)
