@@ -188,6 +188,18 @@ def estimators() -> dict[str, tuple[N4Settings, bool]]:
         "tissue fit, 25 mm inner mask": (fit.model_copy(update={"mask_erosion_mm": 25.0}), False),
         "tissue fit, white matter only": (fit.model_copy(update={"tissue_classes": 1}), False),
         "tissue fit, degree 1": (fit.model_copy(update={"tissue_degree": 1}), False),
+        "tissue fit, degree 1, white matter only": (
+            fit.model_copy(update={"tissue_degree": 1, "tissue_classes": 1}),
+            False,
+        ),
+        "tissue fit, degree 1, 2 re-selections": (
+            fit.model_copy(update={"tissue_degree": 1, "tissue_rounds": 2}),
+            False,
+        ),
+        "tissue fit, degree 1, head mask": (
+            fit.model_copy(update={"tissue_degree": 1, "mask": "head"}),
+            False,
+        ),
         "scalp fat, degree 2": (
             fit.model_copy(
                 update={"mask": "head", "intensity_percentiles": (70.0, 100.0), "tissue_classes": 1}
@@ -213,6 +225,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=Path("runs/output-shading"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", default="", help="only the estimators whose label holds this")
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
@@ -235,6 +248,8 @@ def main() -> None:
                 oracle = shaded.gain(shaded.scored() / np.exp(shaded.log_shading))
                 label = f"{brain} ({region}) {name} {snr_point}"
                 for estimator, (settings, on_shell) in estimators().items():
+                    if args.only not in estimator:
+                        continue
                     found_flat = fitted_field(flat, settings, on_shell)
                     found_shaded = fitted_field(shaded, settings, on_shell)
                     unshaded = centred(found_flat, inside)[inside]

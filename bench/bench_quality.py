@@ -790,6 +790,7 @@ INFERENCE_SETTINGS = (
     "consistency_gain_sigma_mm",
     "flip_ensemble",
     "detail_weight",
+    "output_shading_degree",
 )
 """The inference settings a weights file records (``models.release.load_weights``), which the
 benches can override to tune them on training brains before a release."""
@@ -822,6 +823,14 @@ def add_inference_overrides(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="override the weight of the per-series through-plane detail (models/smore.py)",
+    )
+    parser.add_argument(
+        "--output-shading-degree",
+        type=int,
+        choices=[0, 1, 2],
+        default=None,
+        help="override the degree of the shading fitted to the enhanced volume and divided out "
+        "(pipeline.bias.remove_output_shading; 0: none)",
     )
 
 

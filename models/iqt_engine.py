@@ -238,6 +238,10 @@ class IQTEngine:
             "tile": [tiles.slices, tiles.rows, tiles.cols],
             "flip_ensemble": flips,
             "detail_weight": detail_weight,
+            # What the pipeline should still do to this prediction: models/ knows nothing of
+            # the volume's geometry or masks, so the file's tuned output shading fit is asked
+            # for here and carried out by pipeline.run (0: nothing).
+            "output_shading_degree": int(getattr(network, "output_shading_degree", 0)),
         }
         if detail_stats:
             notes["detail_training"] = {

@@ -180,6 +180,9 @@ def load_weights(path: Path, expected_sha256: str | None) -> AnisoUNet:
     model.flip_ensemble = int(info.get("flip_ensemble", 1))
     # and the weight of the per-series through-plane detail blended in (0: off, every release).
     model.detail_weight = float(info.get("detail_weight", 0.0))
+    # and the degree of the smooth shading fitted to its output and divided out by the pipeline
+    # (pipeline.bias.remove_output_shading; 0: none, releases before 0.10).
+    model.output_shading_degree = int(info.get("output_shading_degree", 0))
     # The profiles a contrast-agnostic file was trained for (empty for iqt-t1 files).
     model.profiles = tuple(str(p) for p in info.get("profiles", ()))
     return model.eval()
@@ -214,6 +217,7 @@ def release_run(
     flip_ensemble: int = 1,
     weights: str = "final",
     detail_weight: float = 0.0,
+    output_shading_degree: int = 0,
 ) -> Path:
     """Turn a training run (``model.pt``) into a released file + card; ``earlier_stages`` are
     the runs it was fine-tuned from, whose time and steps count towards the total.
@@ -266,6 +270,8 @@ def release_run(
         metadata["flip_ensemble"] = flip_ensemble
     if detail_weight:
         metadata["detail_weight"] = detail_weight
+    if output_shading_degree:
+        metadata["output_shading_degree"] = output_shading_degree
     sha = save_weights(model, path, metadata)
     manifest = read_manifest(out_dir)
     inherited: dict = {"stages": [], "training_seconds": 0, "steps": 0}
@@ -318,6 +324,8 @@ def release_run(
         manifest["models"][path.name]["flip_ensemble"] = flip_ensemble
     if detail_weight:
         manifest["models"][path.name]["detail_weight"] = detail_weight
+    if output_shading_degree:
+        manifest["models"][path.name]["output_shading_degree"] = output_shading_degree
     manifest["models"][path.name]["weights"] = weights
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     card = model_card(
@@ -432,6 +440,17 @@ def _detail(entry: dict) -> str:
     )
 
 
+def _output_shading(entry: dict) -> str:
+    degree = int(entry.get("output_shading_degree", 0))
+    if degree <= 0:
+        return "none"
+    return (
+        f"a degree-{degree} tissue fit of the enhanced volume divided out (pipeline.bias."
+        "remove_output_shading; recorded in the file): takes out part of a receive coil's "
+        "shading, leaves an unshaded head nearly alone"
+    )
+
+
 def release_again(
     source_version: str,
     version: str,
@@ -444,6 +463,7 @@ def release_again(
     card_extra: str = "",
     detail_weight: float | None = None,
     factors: tuple[int, ...] | None = None,
+    output_shading_degree: int | None = None,
 ) -> list[Path]:
     """Release the unchanged weights of ``source_version`` as ``version`` with other inference
     settings (flip ensemble, back-projection), or with none changed; every factor of that
@@ -484,6 +504,8 @@ def release_again(
             changes["consistency_gain_sigma_mm"] = consistency_gain_sigma_mm
         if detail_weight is not None:
             changes["detail_weight"] = detail_weight
+        if output_shading_degree is not None:
+            changes["output_shading_degree"] = output_shading_degree
         metadata.update(changes)
         path = out_dir / file_name(factor, version, name)
         sha = save_weights(network, path, metadata)
@@ -653,6 +675,7 @@ def model_card(entry: dict, path: Path, history: dict, hardware: str, extra: str
 | back-projection | {_back_projection(entry)} |
 | flip ensemble | {_flip_ensemble(entry)} |
 | per-series detail | {_detail(entry)} |
+| output shading | {_output_shading(entry)} |
 | weights released | {kept} |
 | training time | {entry["training_seconds"] / 60:.0f} min wall clock, {cpu_hours:.1f} CPU-hours |
 | hardware | {hw} |
@@ -702,6 +725,15 @@ def main() -> None:
         default=None,
         help="blend in through-plane detail learnt from each series' own slices with this "
         "weight (models/smore.py; bench_quality.py --detail-weight); 0 when not given",
+    )
+    parser.add_argument(
+        "--output-shading-degree",
+        type=int,
+        choices=[0, 1, 2],
+        default=None,
+        help="fit a smooth shading of this degree to the enhanced volume and divide it out "
+        "(pipeline.bias.remove_output_shading; bench_quality.py --output-shading-degree); 0 "
+        "when not given, or with --again the source's",
     )
     parser.add_argument(
         "--consistency-gain-sigma-mm",
@@ -795,6 +827,7 @@ def main() -> None:
             card_extra=extra,
             detail_weight=args.detail_weight,
             factors=tuple(args.factors) if args.factors else None,
+            output_shading_degree=args.output_shading_degree,
         ):
             print(path, sha256_file(path))
         return
@@ -815,6 +848,7 @@ def main() -> None:
         flip_ensemble=args.flip_ensemble or 1,
         weights=args.weights,
         detail_weight=args.detail_weight or 0.0,
+        output_shading_degree=args.output_shading_degree or 0,
     )
     print(path, sha256_file(path))
 

@@ -324,6 +324,27 @@ def _like(array: np.ndarray, image: sitk.Image) -> sitk.Image:
     return out
 
 
+def output_shading_settings(degree: int) -> N4Settings:
+    """The tissue fit ``remove_output_shading`` runs: the method's defaults at ``degree``."""
+    return N4Settings(method="tissue-fit", tissue_degree=degree)
+
+
+def remove_output_shading(image: sitk.Image, degree: int) -> BiasResult:
+    """Fit a smooth shading of total ``degree`` to an enhanced volume and divide it out.
+
+    Why on the output and not the input: the network's output has the target's grey/white
+    contrast and little noise, where every estimator tried on the 0.36 T input found almost
+    nothing of a known shading (``bench/bench_n4.py``). Why degree 1: a degree-2 fit also
+    removes a head's own slow variation, as large as a coil's shading on the single real
+    subject here (``bench/bench_n4.py --own-field``), while a linear field is what that
+    variation holds least of; measured on the tuning cases (``bench/bench_output_shading.py``)
+    it picked up 3-22 % of a +-30 % shading, left unshaded heads within 0.2 dB, and raised the
+    shaded ones by 0.1-0.6 dB. The weights file asks for it (``output_shading_degree``), since
+    it was tuned on that network's output.
+    """
+    return correct_bias(image, output_shading_settings(degree))
+
+
 def describe_correction(image: sitk.Image, settings: N4Settings) -> str:
     """What ``correct_bias`` does to ``image`` with ``settings``, in the words of the pipeline's
     record (the method's own parameters, so the record says which estimator ran)."""

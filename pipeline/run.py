@@ -12,11 +12,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from models.engine import EngineInfo, ThroughPlaneEngine
-from pipeline.bias import correct_bias, describe_correction
+from pipeline.bias import correct_bias, describe_correction, remove_output_shading
 from pipeline.derive import Provenance, derive_series
 from pipeline.engines import Profile, choose_engine
 from pipeline.enhance import enhance_volume
@@ -27,8 +28,9 @@ from pipeline.volume import SeriesVolume, read_volume
 
 log = logging.getLogger(__name__)
 
-STAGES = ("volume", "bias", "equalise", "engine", "derive")
-"""Stage names passed to the progress callback, in order (``equalise`` only when enabled)."""
+STAGES = ("volume", "bias", "equalise", "engine", "shading", "derive")
+"""Stage names passed to the progress callback, in order (``equalise`` only when enabled,
+``shading`` only when the engine's weights file asks for it)."""
 
 ProgressCallback = Callable[[str], None]
 
@@ -153,10 +155,25 @@ def enhance_series(
     )
     timings["engine"] = time.perf_counter() - start
 
+    output = enhanced.image
+    notes = dict(enhanced.notes)
+    postprocessing = ""
+    degree = int(notes.get("output_shading_degree", 0) or 0)
+    if degree > 0:
+        start = stage("shading")
+        shading = remove_output_shading(output, degree)
+        output = shading.corrected
+        inside = sitk.GetArrayViewFromImage(shading.mask) > 0
+        found = np.exp(sitk.GetArrayViewFromImage(shading.log_field)[inside])
+        spread = float(np.percentile(np.abs(found - 1.0), 95)) if found.size else 0.0
+        notes["output_shading_p95"] = round(spread, 4)
+        postprocessing = f"; output shading degree {degree} removed (p95 {spread:.1%})"
+        timings["shading"] = time.perf_counter() - start
+
     start = stage("derive")
     preprocessing = (
         f"{n4}; normalisation {enhanced.normalisation.method}; slice equalisation "
-        f"{'on' if settings.intensity.slice_equalisation else 'off'}"
+        f"{'on' if settings.intensity.slice_equalisation else 'off'}{postprocessing}"
     )
     score = enhanced.consistency_psnr_db
     threshold = settings.output.review_below_db
@@ -169,7 +186,7 @@ def enhance_series(
         consistency_psnr_db=score,
         needs_review=needs_review,
     )
-    derived = derive_series(enhanced.image, volume, provenance, settings)
+    derived = derive_series(output, volume, provenance, settings)
     timings["derive"] = time.perf_counter() - start
     log.info(
         "enhanced series %s -> %s with %s x%d in %.1f s",
@@ -187,10 +204,10 @@ def enhance_series(
         engine_choice=choice,
         factor=enhanced.factor,
         volume=volume,
-        output_image=enhanced.image,
+        output_image=output,
         normalisation=enhanced.normalisation,
         timings=timings,
         consistency_psnr_db=enhanced.consistency_psnr_db,
         needs_review=needs_review,
-        notes=enhanced.notes,
+        notes=notes,
     )

@@ -30,6 +30,7 @@ _STAGE_TEXT = {
     "bias": "bias-field correction (N4 or tissue-fit)",
     "equalise": "slice equalisation",
     "engine": "super-resolving through-plane",
+    "shading": "removing coil shading from the enhanced volume",
     "derive": "building the derived series",
     "write": "writing files",
     "preview": "writing the preview",
@@ -115,7 +116,8 @@ def enhance(
     from pipeline.io import read_series, write_datasets
     from pipeline.run import enhance_series
 
-    steps = ["read", "volume", "bias", "engine", "derive", "write"]
+    # "shading" runs only when the engine's weights file asks for it; the bar skips it otherwise
+    steps = ["read", "volume", "bias", "engine", "shading", "derive", "write"]
     if settings.intensity.slice_equalisation:
         steps.insert(3, "equalise")
     if preview is not None:

@@ -231,13 +231,20 @@ def test_release_again_keeps_the_weights_and_changes_only_inference(
     manifest["models"][source.name]["metrics"] = {"mean_psnr_gain_db": 1.0}
     (out / "manifest.json").write_text(json.dumps(manifest))
     (again,) = release_again(
-        "1.0.0", "1.0.1", out, flip_ensemble=4, consistency_weight=0.5, detail_weight=0.3
+        "1.0.0",
+        "1.0.1",
+        out,
+        flip_ensemble=4,
+        consistency_weight=0.5,
+        detail_weight=0.3,
+        output_shading_degree=1,
     )
     manifest = read_manifest(out)["models"]
     old, new = manifest[source.name], manifest[again.name]
     assert new["version"] == "1.0.1" and new["released_from"] == "1.0.0"
     assert new["flip_ensemble"] == 4 and new["consistency_weight"] == 0.5
     assert new["detail_weight"] == 0.3 and "detail_weight" not in old
+    assert new["output_shading_degree"] == 1 and "output_shading_degree" not in old
     assert "metrics" in old and "metrics" not in new  # measured with the old settings
     assert new["sha256"] == sha256_file(again) != old["sha256"]
     assert (new["steps"], new["training_seconds"], new["config"]) == (
@@ -250,9 +257,11 @@ def test_release_again_keeps_the_weights_and_changes_only_inference(
         assert torch.equal(value, b.state_dict()[key])
     assert (b.flip_ensemble, b.consistency_weight, b.detail_weight) == (4, 0.5, 0.3)
     assert (a.flip_ensemble, a.detail_weight) == (1, 0.0)
+    assert (a.output_shading_degree, b.output_shading_degree) == (0, 1)
     card = again.with_suffix(".md").read_text()
     assert "mean of 4 mirrored predictions" in card and old["sha256"] in card
     assert "blended with weight 0.3" in card
+    assert "a degree-1 tissue fit of the enhanced volume divided out" in card
     assert "test-cpu" in card and "final 20.33 dB vs linear interpolation\n17.87 dB" in card
     # the newest: the re-release; a short per-series detail fit keeps the test quick
     engine = IQTEngine.from_release(out, detail=DetailSettings(max_steps=3, patch=16))
@@ -260,6 +269,7 @@ def test_release_again_keeps_the_weights_and_changes_only_inference(
     vol = np.random.default_rng(0).random((6, 40, 36)).astype(np.float32) * 500.0
     notes = engine.upsample(vol, 4).notes
     assert notes["flip_ensemble"] == 4 and notes["detail_weight"] == 0.3
+    assert notes["output_shading_degree"] == 1  # what pipeline.run is asked to do
     assert notes["detail_training"]["steps"] == 3  # type: ignore[index]
     # a series with no head in it has nothing to learn detail from: the prediction alone runs
     empty = engine.upsample(np.zeros((6, 40, 36), np.float32), 4)
