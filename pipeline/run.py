@@ -96,7 +96,7 @@ def enhance_series(
     volume: SeriesVolume | None = None,
     profile_name: str | None = None,
 ) -> EnhancementResult:
-    """Volume -> N4 -> (equalise) -> engine -> derived instances, timing each stage.
+    """Volume -> N4 -> (equalise) -> engine -> (output shading) -> derived instances, timed.
 
     ``volume``: the caller already built it from ``datasets`` (the node's worker does, to choose
     the model by slice geometry), so the pixel data is not decoded a second time.
