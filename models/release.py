@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # torch loads only where weights are read or written: the reg
 MODEL_NAME = "iqt-t1"
 MC_MODEL_NAME = "iqt-mc"
 """The contrast-agnostic networks: one file per factor serving every profile it lists."""
-VERSION = "0.7.0"
+VERSION = "0.10.0"
 FIRST_VERSION = "0.1.0"
 DEFAULT_NORMALISATION = "head-p99"
 """What a weights file without ``input_normalisation`` metadata was trained with (0.1.0)."""
