@@ -55,7 +55,7 @@ from bench.bench_quality import (  # noqa: E402
     score,
 )
 from models.brains import load_brain  # noqa: E402
-from pipeline.bias import tissue_fit  # noqa: E402
+from pipeline.bias import correct_bias, output_shading_settings  # noqa: E402
 from pipeline.mask import head_mask  # noqa: E402
 from pipeline.run import enhance_series  # noqa: E402
 from pipeline.sample import build_series, head_from_brain, simulate_acquisition  # noqa: E402
@@ -187,7 +187,7 @@ def estimators() -> dict[str, tuple[N4Settings, bool]]:
         "tissue fit, 2 re-selections": (fit.model_copy(update={"tissue_rounds": 2}), False),
         "tissue fit, 25 mm inner mask": (fit.model_copy(update={"mask_erosion_mm": 25.0}), False),
         "tissue fit, white matter only": (fit.model_copy(update={"tissue_classes": 1}), False),
-        "tissue fit, degree 1": (fit.model_copy(update={"tissue_degree": 1}), False),
+        "tissue fit, degree 1": (output_shading_settings(1), False),  # what 0.10.0 runs
         "tissue fit, degree 1, white matter only": (
             fit.model_copy(update={"tissue_degree": 1, "tissue_classes": 1}),
             False,
@@ -210,10 +210,11 @@ def estimators() -> dict[str, tuple[N4Settings, bool]]:
 
 
 def fitted_field(case: Enhanced, settings: N4Settings, on_shell: bool) -> np.ndarray:
-    """The estimator's log field on the scored crop (array layout (z, y, x))."""
+    """The estimator's log field on the scored crop (array layout (z, y, x)), fitted by the
+    product's own ``correct_bias`` (the call ``pipeline.bias.remove_output_shading`` makes)."""
     image = case.image()
-    mask = scalp_shell(image) if on_shell else head_mask(image)
-    log_field = sitk.GetArrayFromImage(tissue_fit(image, mask, settings)[0])
+    shell = scalp_shell(image) if on_shell else None
+    log_field = sitk.GetArrayFromImage(correct_bias(image, settings, mask=shell).log_field)
     return log_field[case.crop]
 
 
